@@ -1,0 +1,297 @@
+//! The kernel/user ABI of Gracewatch: every record the probes write to the ring buffer,
+//! the read-only configuration user space hands to the probes at load time, and the
+//! names of the maps both sides share.
+//!
+//! Layout rules: `#[repr(C)]`, `Copy`, explicit padding, no `bool`, and a size assertion
+//! for each type, so a change on one side that the other does not follow fails to build.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Length of `task_struct.comm` (TASK_COMM_LEN).
+pub const COMM_LEN: usize = 16;
+
+/// Name of the ring buffer map that carries every event.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Per-CPU array of `u64`, indexed by [`EventKind`]: records lost because the ring was full.
+pub const LOST_MAP: &str = "LOST";
+/// Hash map `cgroup id (u64) -> u8`: cgroups user space knows to be containers. Lets a
+/// container that shares the host PID namespace (`hostPID: true`) be traced too.
+pub const CONTAINER_CGROUPS_MAP: &str = "CONTAINER_CGROUPS";
+/// Name of the read-only global holding [`Config`].
+pub const CONFIG_GLOBAL: &str = "CONFIG";
+/// Default ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
+
+/// What a record is; the first field of every record's header.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    SignalGenerate = 1,
+    SignalDeliver = 2,
+    Exit = 3,
+    Exec = 4,
+}
+
+/// Number of slots in [`LOST_MAP`] (slot 0 is unused so a kind is its own index).
+pub const EVENT_KIND_SLOTS: u32 = 5;
+
+impl EventKind {
+    pub const ALL: [EventKind; 4] = [
+        EventKind::SignalGenerate,
+        EventKind::SignalDeliver,
+        EventKind::Exit,
+        EventKind::Exec,
+    ];
+
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::SignalGenerate),
+            2 => Some(Self::SignalDeliver),
+            3 => Some(Self::Exit),
+            4 => Some(Self::Exec),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SignalGenerate => "signal_generate",
+            Self::SignalDeliver => "signal_deliver",
+            Self::Exit => "exit",
+            Self::Exec => "exec",
+        }
+    }
+
+    /// Size in bytes of a record of this kind.
+    pub fn record_size(self) -> usize {
+        match self {
+            Self::SignalGenerate => size_of::<SignalGenerateEvent>(),
+            Self::SignalDeliver => size_of::<SignalDeliverEvent>(),
+            Self::Exit => size_of::<ExitEvent>(),
+            Self::Exec => size_of::<ExecEvent>(),
+        }
+    }
+}
+
+/// First part of every record. "Task" is the process the event is about: the target of
+/// a signal, the process that received a signal, exited or exec'd.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// An [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// CPU the probe ran on (diagnostics only).
+    pub cpu: u32,
+    /// `bpf_ktime_get_boot_ns()`: CLOCK_BOOTTIME, nanoseconds.
+    pub ktime_ns: u64,
+    /// cgroup v2 id of the task (inode number of its cgroup directory).
+    pub cgroup_id: u64,
+    /// Task's thread group id in the initial PID namespace.
+    pub tgid: u32,
+    /// Task's thread id in the initial PID namespace.
+    pub pid: u32,
+    /// Thread group id of the task as seen in its own PID namespace (1 = container init).
+    pub ns_tgid: u32,
+    /// Depth of the task's PID namespace (0 = the host's).
+    pub ns_level: u32,
+    /// Task's command name, NUL padded.
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<EventHeader>() == 56);
+
+/// `signal_generate` result values (enum trace_sig_result in the kernel).
+pub mod sig_result {
+    pub const DELIVERED: u32 = 0;
+    pub const IGNORED: u32 = 1;
+    pub const ALREADY_PENDING: u32 = 2;
+    pub const OVERFLOW_FAIL: u32 = 3;
+    pub const LOSE_INFO: u32 = 4;
+}
+
+/// `si_code` values the classifier cares about.
+pub mod si_code {
+    /// Sent by kill(2) and friends.
+    pub const SI_USER: i32 = 0;
+    /// Sent by the kernel (OOM killer, PID namespace teardown).
+    pub const SI_KERNEL: i32 = 0x80;
+    /// Sent by sigqueue(3).
+    pub const SI_QUEUE: i32 = -1;
+    /// Sent by tkill/tgkill.
+    pub const SI_TKILL: i32 = -6;
+}
+
+/// A signal was generated for a task: who sent which signal, and what became of it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SignalGenerateEvent {
+    pub header: EventHeader,
+    pub sig: u32,
+    /// `si_code` (SI_USER for NOINFO, SI_KERNEL for PRIV, as the tracepoint reports).
+    pub code: i32,
+    /// A [`sig_result`] value.
+    pub result: u32,
+    /// 1 when sent to the whole thread group.
+    pub group: u32,
+    pub sender_tgid: u32,
+    pub sender_pid: u32,
+    pub sender_cgroup_id: u64,
+    pub sender_comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<SignalGenerateEvent>() == 104);
+
+/// Disposition values of `sa_handler`.
+pub mod handler {
+    pub const SIG_DFL: u64 = 0;
+    pub const SIG_IGN: u64 = 1;
+}
+
+/// A task dequeued a signal and is about to act on it (run a handler, die, stop).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SignalDeliverEvent {
+    pub header: EventHeader,
+    pub sig: u32,
+    pub code: i32,
+    /// `sa_handler` at delivery: [`handler::SIG_DFL`], [`handler::SIG_IGN`] or an address.
+    pub sa_handler: u64,
+    pub sa_flags: u64,
+}
+const _: () = assert!(size_of::<SignalDeliverEvent>() == 80);
+
+/// The last thread of a thread group exited (one record per process).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    /// `task_struct.exit_code`: `status << 8` for exit(status), the signal number (plus
+    /// 0x80 for a core dump) for a death by signal.
+    pub exit_code: u32,
+    /// 1 when this exit ended the thread group (always 1 today: others are filtered).
+    pub group_dead: u32,
+}
+const _: () = assert!(size_of::<ExitEvent>() == 64);
+
+/// A task exec'd a new program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// Thread group id (initial namespace) of the parent.
+    pub parent_tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ExecEvent>() == 64);
+
+/// Byte offsets of the kernel struct fields the probes read, found in the running
+/// kernel's BTF by user space at start-up. Reading `task_struct` through offsets found
+/// at run time, rather than compiled in, keeps one build working across kernels.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOffsets {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub task_exit_code: u32,
+    pub task_group_leader: u32,
+    pub task_real_parent: u32,
+    pub task_thread_pid: u32,
+    pub task_signal: u32,
+    pub task_cgroups: u32,
+    /// `struct pid.level`
+    pub pid_level: u32,
+    /// `struct pid.numbers` (array of `struct upid`)
+    pub pid_numbers: u32,
+    /// `sizeof(struct upid)`
+    pub upid_size: u32,
+    /// `struct upid.nr`
+    pub upid_nr: u32,
+    /// `struct signal_struct.live` (atomic_t)
+    pub signal_live: u32,
+    /// `struct css_set.dfl_cgrp`
+    pub css_set_dfl_cgrp: u32,
+    /// `struct cgroup.kn`
+    pub cgroup_kn: u32,
+    /// `struct kernfs_node.id`
+    pub kernfs_node_id: u32,
+    /// `struct k_sigaction.sa` + `struct sigaction.sa_handler`
+    pub ksigaction_handler: u32,
+    /// `struct k_sigaction.sa` + `struct sigaction.sa_flags`
+    pub ksigaction_flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 80);
+
+/// Configuration handed to the probes as a read-only global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// Bit `n` set: signal number `n` is traced.
+    pub signal_mask: u64,
+    /// Bit set in [`Config::flags`]: trace only tasks in a PID namespace other than the
+    /// host's, or in a cgroup of [`CONTAINER_CGROUPS_MAP`].
+    pub flags: u64,
+    pub offsets: KernelOffsets,
+}
+const _: () = assert!(size_of::<Config>() == 96);
+
+/// [`Config::flags`]: trace every task, containers or not (benchmarks and debugging).
+pub const FLAG_TRACE_HOST: u64 = 1;
+
+impl KernelOffsets {
+    pub const ZERO: KernelOffsets = KernelOffsets {
+        task_pid: 0,
+        task_tgid: 0,
+        task_comm: 0,
+        task_exit_code: 0,
+        task_group_leader: 0,
+        task_real_parent: 0,
+        task_thread_pid: 0,
+        task_signal: 0,
+        task_cgroups: 0,
+        pid_level: 0,
+        pid_numbers: 0,
+        upid_size: 0,
+        upid_nr: 0,
+        signal_live: 0,
+        css_set_dfl_cgrp: 0,
+        cgroup_kn: 0,
+        kernfs_node_id: 0,
+        ksigaction_handler: 0,
+        ksigaction_flags: 0,
+        _pad: 0,
+    };
+}
+
+impl Config {
+    /// The value compiled into the object; user space always overrides it at load.
+    pub const ZERO: Config = Config {
+        signal_mask: 0,
+        flags: 0,
+        offsets: KernelOffsets::ZERO,
+    };
+}
+
+/// The signal mask for a list of signal numbers (numbers outside 1..=63 are skipped).
+pub const fn signal_mask(signals: &[u32]) -> u64 {
+    let mut mask = 0u64;
+    let mut i = 0;
+    while i < signals.len() {
+        let s = signals[i];
+        if s >= 1 && s < 64 {
+            mask |= 1 << s;
+        }
+        i += 1;
+    }
+    mask
+}
+
+/// Default traced signals: HUP, INT, QUIT, USR1, USR2, TERM, KILL (1, 2, 3, 10, 12, 15, 9).
+pub const DEFAULT_SIGNALS: [u32; 7] = [1, 2, 3, 9, 10, 12, 15];
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are #[repr(C)], Copy, and every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

@@ -1,0 +1,116 @@
+//! Maps, configuration and the helpers every probe shares: reading a task's identity
+//! through BTF-derived offsets, the container filter, and emitting records.
+
+mod exec;
+mod exit;
+mod signal;
+
+use agent_ebpf::{Config, EventHeader, EventKind, COMM_LEN, EVENT_KIND_SLOTS, FLAG_TRACE_HOST};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, generated},
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(agent_ebpf::DEFAULT_RING_BYTES, 0);
+
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KIND_SLOTS, 0);
+
+#[map]
+static CONTAINER_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
+
+#[unsafe(no_mangle)]
+pub(crate) static CONFIG: Config = Config::ZERO;
+
+/// Reads one field of [`CONFIG`]; volatile so the compiler cannot fold the compiled-in
+/// zero (user space rewrites the value at load time).
+macro_rules! conf {
+    ($($field:ident).+) => {
+        unsafe { core::ptr::read_volatile(&crate::probes::CONFIG.$($field).+) }
+    };
+}
+pub(crate) use conf;
+
+/// Reads a `T` at `base + off` in kernel memory.
+#[inline(always)]
+pub(crate) fn read_at<T>(base: u64, off: u32) -> Result<T, i32> {
+    if base == 0 {
+        return Err(-1);
+    }
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }
+}
+
+/// Thread group id in the task's own PID namespace and that namespace's depth.
+#[inline(always)]
+pub(crate) fn ns_identity(task: u64) -> Result<(u32, u32), i32> {
+    let leader: u64 = read_at(task, conf!(offsets.task_group_leader))?;
+    let pid: u64 = read_at(leader, conf!(offsets.task_thread_pid))?;
+    let level: u32 = read_at(pid, conf!(offsets.pid_level))?;
+    // A PID namespace is at most 32 deep; the bound also keeps the offset sane.
+    let level = level & 31;
+    let off =
+        conf!(offsets.pid_numbers) + level * conf!(offsets.upid_size) + conf!(offsets.upid_nr);
+    let nr: i32 = read_at(pid, off)?;
+    Ok((nr as u32, level))
+}
+
+/// cgroup v2 id of any task: `task->cgroups->dfl_cgrp->kn->id`.
+#[inline(always)]
+pub(crate) fn task_cgroup_id(task: u64) -> Result<u64, i32> {
+    let cset: u64 = read_at(task, conf!(offsets.task_cgroups))?;
+    let cgrp: u64 = read_at(cset, conf!(offsets.css_set_dfl_cgrp))?;
+    let kn: u64 = read_at(cgrp, conf!(offsets.cgroup_kn))?;
+    read_at(kn, conf!(offsets.kernfs_node_id))
+}
+
+/// Whether events about a task in this PID namespace depth and cgroup reach user space:
+/// tasks in a non-initial PID namespace, or in a cgroup user space marked as a container.
+#[inline(always)]
+pub(crate) fn is_traced(ns_level: u32, cgroup_id: u64) -> bool {
+    if conf!(flags) & FLAG_TRACE_HOST != 0 || ns_level > 0 {
+        return true;
+    }
+    unsafe { CONTAINER_CGROUPS.get(&cgroup_id).is_some() }
+}
+
+/// Header for an event about the current task, or `None` when it is not traced.
+#[inline(always)]
+pub(crate) fn current_header(kind: EventKind) -> Result<Option<EventHeader>, i32> {
+    let task = unsafe { generated::bpf_get_current_task() };
+    let (ns_tgid, ns_level) = ns_identity(task)?;
+    let cgroup_id = unsafe { generated::bpf_get_current_cgroup_id() };
+    if !is_traced(ns_level, cgroup_id) {
+        return Ok(None);
+    }
+    let pid_tgid = unsafe { generated::bpf_get_current_pid_tgid() };
+    let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    Ok(Some(EventHeader {
+        kind: kind as u32,
+        cpu: unsafe { generated::bpf_get_smp_processor_id() },
+        ktime_ns: unsafe { generated::bpf_ktime_get_boot_ns() },
+        cgroup_id,
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        ns_tgid,
+        ns_level,
+        comm,
+    }))
+}
+
+/// Writes a record to the ring buffer, counting it as lost when the ring is full.
+#[inline(always)]
+pub(crate) fn emit<T: 'static>(kind: EventKind, record: T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(record);
+            entry.submit(0);
+        }
+        None => {
+            if let Some(slot) = LOST.get_ptr_mut(kind as u32) {
+                unsafe { *slot += 1 };
+            }
+        }
+    }
+}

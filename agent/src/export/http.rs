@@ -1,0 +1,149 @@
+//! The agent's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, `/debug/terminations`
+//! and `/debug/terminations/container/<id-prefix>`. Handlers read the latest published
+//! snapshot (an `Arc` swap through a watch channel) and never block the event loop.
+
+use std::{
+    convert::Infallible,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    body::Incoming, header, server::conn::http1, service::service_fn, Request, Response, StatusCode,
+};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpListener, sync::watch};
+
+use super::Metrics;
+use crate::termination::{model::TerminationsBody, Snapshot};
+
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    /// Set once every probe is attached.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Serves until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<HttpState>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, &req)) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    if let Ok(v) = header::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+fn json(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(body) {
+        Ok(b) => reply(status, "application/json", b),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            e.to_string(),
+        ),
+    }
+}
+
+pub fn route(state: &HttpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    route_path(state, req.method() == hyper::Method::GET, req.uri().path())
+}
+
+fn route_path(state: &HttpState, is_get: bool, path: &str) -> Response<Full<Bytes>> {
+    if !is_get {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
+    }
+    match path {
+        "/metrics" => match state.metrics.encode() {
+            Ok(text) => reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            ),
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                e.to_string(),
+            ),
+        },
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" if state.ready.load(Ordering::Acquire) => {
+            reply(StatusCode::OK, "text/plain", "ready\n")
+        }
+        "/readyz" => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: kernel probes are not attached yet\n",
+        ),
+        "/debug/terminations" => {
+            let snap = state.snapshot.borrow().clone();
+            json(
+                StatusCode::OK,
+                &TerminationsBody {
+                    terminations: snap.all(),
+                },
+            )
+        }
+        p => match p.strip_prefix("/debug/terminations/container/") {
+            Some(prefix) => container(state, prefix),
+            None => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                format!("no such endpoint: {p}\n"),
+            ),
+        },
+    }
+}
+
+fn container(state: &HttpState, prefix: &str) -> Response<Full<Bytes>> {
+    let valid = (1..=64).contains(&prefix.len())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !valid {
+        let msg = serde_json::json!({"error": format!("{prefix:?} is not a container id prefix (1-64 lowercase hex characters)")});
+        return json(StatusCode::BAD_REQUEST, &msg);
+    }
+    let snap = state.snapshot.borrow().clone();
+    let found = snap.by_container_prefix(prefix);
+    let status = if found.is_empty() {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    };
+    json(
+        status,
+        &TerminationsBody {
+            terminations: found,
+        },
+    )
+}

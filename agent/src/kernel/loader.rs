@@ -1,0 +1,215 @@
+//! Loads the probes into the kernel with their configuration, attaches them, and owns the
+//! maps user space reads (ring buffer, lost counters) and writes (container cgroups).
+
+use std::{os::fd::AsRawFd, path::Path};
+
+use agent_ebpf::{
+    Config, EventKind, CONFIG_GLOBAL, CONTAINER_CGROUPS_MAP, EVENTS_MAP, FLAG_TRACE_HOST, LOST_MAP,
+};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::RawTracePoint,
+    Ebpf, EbpfLoader,
+};
+
+use super::{btf, KernelError};
+
+/// The compiled probes, embedded at build time by `build.rs`.
+static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gracewatch"));
+
+/// (program name in the object, raw tracepoint it attaches to)
+pub const PROGRAMS: [(&str, &str); 4] = [
+    ("signal_generate", "signal_generate"),
+    ("signal_deliver", "signal_deliver"),
+    ("sched_process_exit", "sched_process_exit"),
+    ("sched_process_exec", "sched_process_exec"),
+];
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    pub ring_bytes: u32,
+    /// Signal numbers to trace.
+    pub signals: Vec<u32>,
+    /// Trace host processes too (benchmarks only: everything reaches user space).
+    pub trace_host: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            ring_bytes: agent_ebpf::DEFAULT_RING_BYTES,
+            signals: agent_ebpf::DEFAULT_SIGNALS.to_vec(),
+            trace_host: false,
+        }
+    }
+}
+
+/// The loaded, attached probes and the maps user space uses.
+pub struct Probes {
+    // Dropping the Ebpf detaches the programs, so it lives as long as the probes.
+    ebpf: Ebpf,
+    lost: PerCpuArray<MapData, u64>,
+    containers: HashMap<MapData, u64, u8>,
+}
+
+impl Probes {
+    /// Loads and attaches every probe, returning the probes and the ring to read.
+    pub fn load(opts: &LoadOptions) -> Result<(Self, RingBuf<MapData>), KernelError> {
+        if opts.ring_bytes < 4096 || !opts.ring_bytes.is_power_of_two() {
+            return Err(KernelError::RingSize(opts.ring_bytes));
+        }
+        let config = Config {
+            signal_mask: agent_ebpf::signal_mask(&opts.signals),
+            flags: if opts.trace_host { FLAG_TRACE_HOST } else { 0 },
+            offsets: btf::kernel_offsets(Path::new(btf::VMLINUX_BTF))?,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global(CONFIG_GLOBAL, &config, true)
+            .map_max_entries(EVENTS_MAP, opts.ring_bytes)
+            .load(PROBES_OBJECT)
+            .map_err(|source| KernelError::Load {
+                hint: privilege_hint(),
+                source,
+            })?;
+        for (name, tracepoint) in PROGRAMS {
+            attach(&mut ebpf, name, tracepoint)?;
+        }
+        let ring =
+            RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?).map_err(map_err(EVENTS_MAP))?;
+        let lost =
+            PerCpuArray::try_from(take_map(&mut ebpf, LOST_MAP)?).map_err(map_err(LOST_MAP))?;
+        let containers = HashMap::try_from(take_map(&mut ebpf, CONTAINER_CGROUPS_MAP)?)
+            .map_err(map_err(CONTAINER_CGROUPS_MAP))?;
+        Ok((
+            Self {
+                ebpf,
+                lost,
+                containers,
+            },
+            ring,
+        ))
+    }
+
+    /// Records lost so far because the ring was full, per event kind (summed over CPUs).
+    pub fn lost_counts(&self) -> Result<[(EventKind, u64); 4], KernelError> {
+        let mut out = EventKind::ALL.map(|k| (k, 0u64));
+        for (kind, total) in out.iter_mut() {
+            let per_cpu = self
+                .lost
+                .get(&(*kind as u32), 0)
+                .map_err(map_err(LOST_MAP))?;
+            *total = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Marks a cgroup as a container's, so tasks in it are traced even when they share the
+    /// host PID namespace.
+    pub fn add_container_cgroup(&mut self, cgroup_id: u64) -> Result<(), KernelError> {
+        self.containers
+            .insert(cgroup_id, 1, 0)
+            .map_err(map_err(CONTAINER_CGROUPS_MAP))
+    }
+
+    pub fn remove_container_cgroup(&mut self, cgroup_id: u64) -> Result<(), KernelError> {
+        match self.containers.remove(&cgroup_id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(CONTAINER_CGROUPS_MAP)(e)),
+        }
+    }
+
+    /// Kernel-side run statistics per program: (name, run count, total run time in ns).
+    /// Non-zero only while `kernel.bpf_stats_enabled` is 1.
+    pub fn run_stats(&self) -> Vec<(String, u64, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some((
+                    name.to_string(),
+                    info.run_count(),
+                    info.run_time().as_nanos() as u64,
+                ))
+            })
+            .collect()
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<(), KernelError> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| KernelError::Missing {
+            what: "program",
+            name: name.to_string(),
+        })?
+        .try_into()
+        .map_err(|source| KernelError::Program {
+            program: name.to_string(),
+            source,
+            hint: String::new(),
+        })?;
+    let program_err = |source| {
+        KernelError::Program {
+        program: name.to_string(),
+        source,
+        hint: format!(
+            " (attaching raw tracepoint {tracepoint}; it needs a kernel >= 4.17 with that tracepoint){}",
+            privilege_hint()
+        ),
+    }
+    };
+    program.load().map_err(program_err)?;
+    program.attach(tracepoint).map_err(program_err)?;
+    Ok(())
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, KernelError> {
+    ebpf.take_map(name).ok_or_else(|| KernelError::Missing {
+        what: "map",
+        name: name.to_string(),
+    })
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> KernelError {
+    move |source| KernelError::Map {
+        name: name.to_string(),
+        source,
+    }
+}
+
+/// Says which capabilities are missing, when any are; empty when all are present.
+fn privilege_hint() -> String {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let Some(eff) = effective_caps() else {
+        return String::new();
+    };
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return String::new();
+    }
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) {
+        missing.push("CAP_PERFMON");
+    }
+    format!(
+        "; this process lacks {} (tracing programs need CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN on kernels before 5.8)",
+        missing.join(" and ")
+    )
+}
+
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// The ring buffer's fd, for readiness polling.
+pub fn ring_fd(ring: &RingBuf<MapData>) -> i32 {
+    ring.as_raw_fd()
+}

@@ -1,0 +1,56 @@
+//! The kernel side as user space sees it: finding struct offsets in BTF, loading and
+//! attaching the probes, reading the ring buffer, and decoding its records.
+
+pub mod btf;
+pub mod decode;
+pub mod loader;
+
+pub use decode::{decode, DecodeError, ExitStatus, KernelEvent};
+pub use loader::{LoadOptions, Probes};
+
+/// Everything that can go wrong between this process and the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("cannot read kernel BTF from {path}: {reason} (the agent needs a kernel built with CONFIG_DEBUG_INFO_BTF=y)")]
+    Btf { path: String, reason: String },
+    #[error("kernel BTF has no usable {field}: {reason}")]
+    BtfField { field: String, reason: String },
+    #[error("loading the BPF programs failed: {source}{hint}")]
+    Load {
+        #[source]
+        source: aya::EbpfError,
+        hint: String,
+    },
+    #[error("program {program}: {source}{hint}")]
+    Program {
+        program: String,
+        #[source]
+        source: aya::programs::ProgramError,
+        hint: String,
+    },
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("BPF object has no {what} named {name} (agent and probes out of step?)")]
+    Missing { what: &'static str, name: String },
+    #[error("ring buffer size {0} is not a power of two of at least 4096 bytes")]
+    RingSize(u32),
+    #[error("ring buffer: {0}")]
+    Ring(#[from] std::io::Error),
+}
+
+impl KernelError {
+    /// Short, bounded label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Btf { .. } | Self::BtfField { .. } => "btf",
+            Self::Load { .. } => "load",
+            Self::Program { .. } => "program",
+            Self::Map { .. } | Self::Missing { .. } => "map",
+            Self::RingSize(_) | Self::Ring(_) => "ring",
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The `gracewatch` binary: parse the command line and dispatch.
+
+use clap::Parser;
+use gracewatch::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => gracewatch::run::run(args).await,
+        Command::Explain(args) => gracewatch::explain::explain(args).await,
+    }
+}

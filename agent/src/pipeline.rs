@@ -1,0 +1,153 @@
+//! The hot path, decode → attribute → track, as one value the agent's event loop and the
+//! benchmark both drive. It owns the resolver and the tracker; cgroup changes it learns
+//! of are queued for the caller to mirror into the kernel's container-cgroup map.
+
+use std::{
+    collections::VecDeque,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use agent_ebpf::EventKind;
+use prometheus_client::metrics::counter::Counter;
+
+use crate::{
+    attribution::{ContainerInfo, Lookup, Resolver, ResolverError},
+    export::{metrics::KindLabels, metrics::ReasonLabels, Metrics},
+    kernel::decode,
+    termination::{SeedProcess, Tracker},
+};
+
+/// How long a removed cgroup's attribution is kept for events still in flight.
+const FORGET_AFTER: Duration = Duration::from_secs(30);
+
+pub struct Pipeline {
+    pub resolver: Resolver,
+    pub tracker: Tracker,
+    metrics: Arc<Metrics>,
+    /// Indexed by `EventKind as usize`.
+    kind_counters: [Counter; 5],
+    /// cgroup ids to add to / remove from the kernel's container map.
+    pub added_cgroups: Vec<u64>,
+    pub removed_cgroups: Vec<u64>,
+    forget_queue: VecDeque<(Instant, u64)>,
+}
+
+impl Pipeline {
+    pub fn new(resolver: Resolver, tracker: Tracker, metrics: Arc<Metrics>) -> Self {
+        let kind_counters = [0u32, 1, 2, 3, 4].map(|k| {
+            let kind = EventKind::from_u32(k)
+                .map(EventKind::name)
+                .unwrap_or("invalid");
+            metrics
+                .bpf_events
+                .get_or_create(&KindLabels { kind })
+                .clone()
+        });
+        Self {
+            resolver,
+            tracker,
+            metrics,
+            kind_counters,
+            added_cgroups: Vec::new(),
+            removed_cgroups: Vec::new(),
+            forget_queue: VecDeque::new(),
+        }
+    }
+
+    /// Handles one ring-buffer record.
+    pub fn handle_record(&mut self, buf: &[u8]) {
+        let ev = match decode(buf) {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::debug!(error = %e, "dropping malformed kernel record");
+                self.metrics
+                    .decode_errors
+                    .get_or_create(&ReasonLabels {
+                        reason: e.metric_label(),
+                    })
+                    .inc();
+                return;
+            }
+        };
+        self.kind_counters[ev.kind() as usize].inc();
+        match self.attribute(ev.header().cgroup_id) {
+            Some(info) => self.tracker.handle(&info, &ev),
+            None => {
+                self.metrics.unattributed_events.inc();
+            }
+        }
+    }
+
+    fn attribute(&mut self, cgroup_id: u64) -> Option<Arc<ContainerInfo>> {
+        match self.resolver.lookup(cgroup_id) {
+            Lookup::Container(c) => Some(c),
+            Lookup::NotContainer => None,
+            Lookup::Unknown => {
+                if !self.resolver.rescan_due() {
+                    return None;
+                }
+                if let Err(e) = self.rescan() {
+                    tracing::warn!(error = %e, "cgroup walk failed");
+                }
+                match self.resolver.lookup(cgroup_id) {
+                    Lookup::Container(c) => Some(c),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Walks the cgroup tree: new containers are seeded with their processes and queued
+    /// for the kernel map; removed ones are told to the tracker.
+    pub fn rescan(&mut self) -> Result<(), ResolverError> {
+        let delta = self.resolver.rescan()?;
+        for info in delta.added {
+            let procs = seed_processes(self.resolver.root(), &info);
+            self.added_cgroups.push(info.cgroup_id);
+            self.tracker.observe_container(info, &procs);
+        }
+        let now = Instant::now();
+        for id in delta.removed {
+            self.tracker.cgroup_removed(id);
+            self.removed_cgroups.push(id);
+            self.forget_queue.push_back((now, id));
+        }
+        while let Some((at, id)) = self.forget_queue.front().copied() {
+            if now.duration_since(at) < FORGET_AFTER {
+                break;
+            }
+            self.forget_queue.pop_front();
+            self.resolver.forget(id);
+        }
+        Ok(())
+    }
+}
+
+/// The processes already in a container's cgroup, with their PID-namespace ids, so a
+/// container that started before the agent still has a known PID 1.
+pub fn seed_processes(root: &Path, info: &ContainerInfo) -> Vec<SeedProcess> {
+    let procs_file = root
+        .join(info.path.trim_start_matches('/'))
+        .join("cgroup.procs");
+    let Ok(text) = std::fs::read_to_string(&procs_file) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+        .filter_map(|pid| {
+            let status = procfs::process::Process::new(pid).ok()?.status().ok()?;
+            let ns_tgid = status
+                .nspid
+                .as_ref()
+                .and_then(|v| v.last().copied())
+                .unwrap_or(pid);
+            Some(SeedProcess {
+                tgid: pid as u32,
+                ns_tgid: ns_tgid as u32,
+                comm: status.name,
+            })
+        })
+        .collect()
+}

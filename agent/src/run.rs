@@ -1,0 +1,161 @@
+//! `gracewatch run`: loads the probes, then runs the event loop that drains the ring
+//! buffer into the pipeline, finalizes terminations, walks cgroups, exports lost-event
+//! counts and publishes snapshots for the HTTP side.
+
+use std::{
+    sync::{atomic::AtomicBool, atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use anyhow::{bail, Context};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    net::TcpListener,
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+};
+
+use crate::{
+    attribution::Resolver,
+    cli::RunArgs,
+    clock::{boot_now_ns, Clock},
+    export::{
+        http::{self, HttpState},
+        metrics::KindLabels,
+        Metrics,
+    },
+    kernel::{LoadOptions, Probes},
+    pipeline::Pipeline,
+    termination::{Snapshot, Tracker, TrackerOptions},
+};
+
+/// Records handled per wake-up before the loop looks at its timers again.
+const DRAIN_BUDGET: usize = 16 * 1024;
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if !args.standalone {
+        bail!(
+            "Kubernetes mode is not available in this build yet: run with --standalone to attribute by cgroup alone"
+        );
+    }
+    let mode = "standalone";
+    let metrics = Arc::new(Metrics::new(mode));
+    let ready = Arc::new(AtomicBool::new(false));
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let http_state = Arc::new(HttpState {
+        metrics: metrics.clone(),
+        snapshot: snap_rx,
+        ready: ready.clone(),
+    });
+    let server = tokio::spawn(http::serve(listener, http_state));
+
+    let mut signals: Vec<u32> = args.signals.iter().map(|s| s.0).collect();
+    signals.extend([9, 15]);
+    let load = LoadOptions {
+        ring_bytes: args.ring_buffer_bytes,
+        signals,
+        trace_host: args.trace_host,
+    };
+    let (mut probes, ring) = Probes::load(&load).context("cannot start the kernel probes")?;
+    let resolver = Resolver::new(args.cgroup_root.as_deref())?;
+    tracing::info!(cgroup_v2 = %resolver.root().display(), listen = %args.listen, mode, "probes attached");
+    let tracker = Tracker::new(
+        TrackerOptions {
+            history: args.history,
+            ..TrackerOptions::default()
+        },
+        Clock::sample(),
+        metrics.clone(),
+    );
+    let mut pipeline = Pipeline::new(resolver, tracker, metrics.clone());
+    pipeline.rescan().context("initial cgroup walk")?;
+    sync_container_map(&mut pipeline, &mut probes);
+    ready.store(true, Ordering::Release);
+
+    // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the AsyncFd
+    // owns the RingBuf; nothing else closes or replaces it.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .context("ring buffer fd")?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut rescan = tokio::time::interval(Duration::from_secs(2));
+    let mut lost_poll = tokio::time::interval(Duration::from_secs(1));
+    let mut lost_seen = [0u64; 5];
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("ring buffer poll")?;
+                let rb = guard.get_inner_mut();
+                let mut drained_all = false;
+                for _ in 0..DRAIN_BUDGET {
+                    match rb.next() {
+                        Some(item) => pipeline.handle_record(&item),
+                        None => { drained_all = true; break; }
+                    }
+                }
+                // Left ready when the budget ran out, so the next poll returns at once.
+                if drained_all {
+                    guard.clear_ready();
+                }
+                sync_container_map(&mut pipeline, &mut probes);
+            }
+            _ = tick.tick() => {
+                pipeline.tracker.tick(boot_now_ns());
+                if let Some(s) = pipeline.tracker.snapshot() {
+                    snap_tx.send_replace(s);
+                }
+            }
+            _ = rescan.tick() => {
+                let mut clock = Clock::sample();
+                clock.resample();
+                pipeline.tracker.set_clock(clock);
+                if let Err(e) = pipeline.rescan() {
+                    tracing::warn!(error = %e, "cgroup walk failed");
+                }
+                sync_container_map(&mut pipeline, &mut probes);
+            }
+            _ = lost_poll.tick() => export_lost(&probes, &metrics, &mut lost_seen),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    export_lost(&probes, &metrics, &mut lost_seen);
+    server.abort();
+    Ok(())
+}
+
+fn sync_container_map(pipeline: &mut Pipeline, probes: &mut Probes) {
+    for id in pipeline.added_cgroups.drain(..) {
+        if let Err(e) = probes.add_container_cgroup(id) {
+            tracing::warn!(error = %e, cgroup_id = id, "cannot mark container cgroup");
+        }
+    }
+    for id in pipeline.removed_cgroups.drain(..) {
+        if let Err(e) = probes.remove_container_cgroup(id) {
+            tracing::warn!(error = %e, cgroup_id = id, "cannot unmark container cgroup");
+        }
+    }
+}
+
+fn export_lost(probes: &Probes, metrics: &Metrics, seen: &mut [u64; 5]) {
+    match probes.lost_counts() {
+        Ok(counts) => {
+            for (kind, total) in counts {
+                let slot = &mut seen[kind as usize];
+                let counter = metrics
+                    .bpf_events_lost
+                    .get_or_create(&KindLabels { kind: kind.name() });
+                if total > *slot {
+                    counter.inc_by(total - *slot);
+                    *slot = total;
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read lost-event counters"),
+    }
+}

@@ -1,0 +1,354 @@
+//! How a container ended and what went wrong, as pure functions of the facts the tracker
+//! gathered. Nothing here reads state or clocks, so every rule is unit-tested directly.
+
+use serde::Serialize;
+
+use crate::kernel::ExitStatus;
+
+pub const SIGKILL: u32 = 9;
+pub const SIGTERM: u32 = 15;
+
+/// How a container's PID 1 ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Exited after SIGTERM, before any SIGKILL.
+    Graceful,
+    /// SIGKILLed from outside the container after SIGTERM (the grace period ran out).
+    ForcedKill,
+    /// SIGKILLed from outside with no SIGTERM first.
+    KilledWithoutSigterm,
+    /// Exited with no termination signal from outside.
+    SelfExit,
+    /// Died of a signal other than SIGTERM/SIGKILL (SIGSEGV, SIGABRT, ...).
+    Crashed,
+    /// SIGKILLed by the kernel's OOM killer.
+    OomKilled,
+    /// Not enough was seen (PID 1's exit, or why it died).
+    Unknown,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Self::Graceful,
+        Self::ForcedKill,
+        Self::KilledWithoutSigterm,
+        Self::SelfExit,
+        Self::Crashed,
+        Self::OomKilled,
+        Self::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Graceful => "graceful",
+            Self::ForcedKill => "forced_kill",
+            Self::KilledWithoutSigterm => "killed_without_sigterm",
+            Self::SelfExit => "self_exit",
+            Self::Crashed => "crashed",
+            Self::OomKilled => "oom_killed",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// A signal as the classifier needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignalFact {
+    pub at_ns: u64,
+    pub sender_comm: String,
+    pub sender_tgid: u32,
+}
+
+/// Everything known about one container's end.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerFacts {
+    pub pid1_comm: Option<String>,
+    pub pid1_exit: Option<ExitStatus>,
+    pub pid1_exit_ns: Option<u64>,
+    /// First SIGTERM from outside the container to any of its processes.
+    pub first_sigterm: Option<SignalFact>,
+    /// That SIGTERM (or a later one) reached PID 1 and the kernel reported it ignored.
+    pub sigterm_ignored_by_pid1: bool,
+    /// First SIGKILL from outside the container to PID 1 (runtime, kubelet, a person).
+    pub external_sigkill: Option<SignalFact>,
+    /// A SIGKILL raised by the kernel itself (SI_KERNEL) that was not the PID-namespace
+    /// teardown following PID 1's death: the OOM killer.
+    pub kernel_sigkill: Option<SignalFact>,
+    /// Other processes alive in the container when SIGTERM reached PID 1, by name.
+    pub others_at_sigterm: Vec<String>,
+    /// Whether any of those received a SIGTERM before PID 1 died or was SIGKILLed.
+    pub others_got_sigterm: bool,
+}
+
+impl ContainerFacts {
+    pub fn sigterm_to_exit_ns(&self) -> Option<u64> {
+        let term = self.first_sigterm.as_ref()?.at_ns;
+        Some(self.pid1_exit_ns?.saturating_sub(term))
+    }
+}
+
+pub fn outcome(f: &ContainerFacts) -> Outcome {
+    let Some(exit) = f.pid1_exit else {
+        return Outcome::Unknown;
+    };
+    match exit.signal().map(u32::from) {
+        Some(SIGKILL) => {
+            if f.kernel_sigkill.is_some() {
+                Outcome::OomKilled
+            } else if let Some(kill) = &f.external_sigkill {
+                match &f.first_sigterm {
+                    Some(term) if term.at_ns <= kill.at_ns => Outcome::ForcedKill,
+                    _ => Outcome::KilledWithoutSigterm,
+                }
+            } else {
+                Outcome::Unknown
+            }
+        }
+        _ if f.first_sigterm.is_some() => Outcome::Graceful,
+        Some(_) => Outcome::Crashed,
+        None => Outcome::SelfExit,
+    }
+}
+
+/// Diagnosis codes, stable: dashboards and people grep for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Code {
+    SigtermIgnored,
+    ShellDidNotForwardSigterm,
+    ForcedKill,
+    OomKilled,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SigtermIgnored => "SIGTERM_IGNORED",
+            Self::ShellDidNotForwardSigterm => "SHELL_DID_NOT_FORWARD_SIGTERM",
+            Self::ForcedKill => "FORCED_KILL",
+            Self::OomKilled => "OOM_KILLED",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnosis {
+    pub code: Code,
+    pub message: String,
+}
+
+const SHELLS: [&str; 8] = ["sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "busybox"];
+
+pub fn is_shell(comm: &str) -> bool {
+    SHELLS.contains(&comm)
+}
+
+fn secs(ns: u64) -> String {
+    format!("{:.3}s", ns as f64 / 1e9)
+}
+
+pub fn diagnoses(f: &ContainerFacts) -> Vec<Diagnosis> {
+    let mut out = Vec::new();
+    let comm = f.pid1_comm.as_deref().unwrap_or("?");
+    let shell = is_shell(comm);
+    if shell
+        && f.first_sigterm.is_some()
+        && !f.others_at_sigterm.is_empty()
+        && !f.others_got_sigterm
+    {
+        out.push(Diagnosis {
+            code: Code::ShellDidNotForwardSigterm,
+            message: format!(
+                "PID 1 is /bin/{comm} and did not forward SIGTERM to {} ({}): use exec form (`exec app`, or a JSON-array ENTRYPOINT/command) or an init such as tini that forwards signals",
+                plural(f.others_at_sigterm.len(), "child process", "child processes"),
+                f.others_at_sigterm.join(", ")
+            ),
+        });
+    }
+    if f.sigterm_ignored_by_pid1 {
+        let then = match (&f.external_sigkill, &f.first_sigterm) {
+            (Some(k), Some(t)) => format!(
+                "; it ran on until SIGKILL from {} {} later",
+                k.sender_comm,
+                secs(k.at_ns.saturating_sub(t.at_ns))
+            ),
+            _ => String::new(),
+        };
+        let advice = if shell {
+            "trap TERM in the script and stop the app, or exec the app so it is PID 1"
+        } else {
+            "install a SIGTERM handler that shuts down cleanly, or run under an init such as tini"
+        };
+        out.push(Diagnosis {
+            code: Code::SigtermIgnored,
+            message: format!(
+                "PID 1 ({comm}) has no SIGTERM handler; as its PID namespace's init it ignores signals it does not handle, so the kernel dropped SIGTERM{then}: {advice}"
+            ),
+        });
+    }
+    match outcome(f) {
+        Outcome::ForcedKill => {
+            let (kill, term) = (f.external_sigkill.as_ref(), f.first_sigterm.as_ref());
+            let after = match (kill, term) {
+                (Some(k), Some(t)) => secs(k.at_ns.saturating_sub(t.at_ns)),
+                _ => "?".into(),
+            };
+            let by = kill.map(|k| k.sender_comm.as_str()).unwrap_or("?");
+            out.push(Diagnosis {
+                code: Code::ForcedKill,
+                message: format!(
+                    "SIGKILLed by {by} {after} after SIGTERM: {comm} did not exit within the grace period; make it exit promptly on SIGTERM or raise terminationGracePeriodSeconds"
+                ),
+            });
+        }
+        Outcome::OomKilled => out.push(Diagnosis {
+            code: Code::OomKilled,
+            message: format!(
+                "the kernel's OOM killer SIGKILLed {comm}: the container hit its memory limit; raise the limit or reduce memory use"
+            ),
+        }),
+        _ => {}
+    }
+    out
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig(at_ns: u64, sender: &str) -> Option<SignalFact> {
+        Some(SignalFact {
+            at_ns,
+            sender_comm: sender.into(),
+            sender_tgid: 100,
+        })
+    }
+
+    fn exited(code: u8, at: u64) -> ContainerFacts {
+        ContainerFacts {
+            pid1_comm: Some("app".into()),
+            pid1_exit: Some(ExitStatus::Exited(code)),
+            pid1_exit_ns: Some(at),
+            ..Default::default()
+        }
+    }
+
+    fn killed(signal: u8, at: u64) -> ContainerFacts {
+        ContainerFacts {
+            pid1_exit: Some(ExitStatus::Signaled {
+                signal,
+                core: false,
+            }),
+            ..exited(0, at)
+        }
+    }
+
+    #[test]
+    fn sigterm_then_exit_is_graceful() {
+        let f = ContainerFacts {
+            first_sigterm: sig(1_000, "runc"),
+            ..exited(0, 1_250_000_000)
+        };
+        assert_eq!(outcome(&f), Outcome::Graceful);
+        assert_eq!(f.sigterm_to_exit_ns(), Some(1_249_999_000));
+        assert!(diagnoses(&f).is_empty());
+    }
+
+    #[test]
+    fn ignored_sigterm_then_sigkill_is_a_forced_kill() {
+        let f = ContainerFacts {
+            pid1_comm: Some("sh".into()),
+            first_sigterm: sig(1_000_000_000, "runc"),
+            sigterm_ignored_by_pid1: true,
+            external_sigkill: sig(3_000_000_000, "runc"),
+            ..killed(9, 3_000_100_000)
+        };
+        assert_eq!(outcome(&f), Outcome::ForcedKill);
+        let d = diagnoses(&f);
+        let codes: Vec<_> = d.iter().map(|d| d.code.as_str()).collect();
+        assert_eq!(codes, ["SIGTERM_IGNORED", "FORCED_KILL"]);
+        assert!(
+            d[0].message
+                .contains("until SIGKILL from runc 2.000s later"),
+            "{}",
+            d[0].message
+        );
+        assert!(d[1]
+            .message
+            .starts_with("SIGKILLed by runc 2.000s after SIGTERM"));
+    }
+
+    #[test]
+    fn shell_that_keeps_its_children_unaware_is_diagnosed() {
+        let f = ContainerFacts {
+            pid1_comm: Some("sh".into()),
+            first_sigterm: sig(1, "runc"),
+            sigterm_ignored_by_pid1: true,
+            external_sigkill: sig(2, "runc"),
+            others_at_sigterm: vec!["sleep".into()],
+            others_got_sigterm: false,
+            ..killed(9, 3)
+        };
+        let d = diagnoses(&f);
+        assert_eq!(d[0].code, Code::ShellDidNotForwardSigterm);
+        assert!(d[0].message.starts_with("PID 1 is /bin/sh and did not forward SIGTERM to 1 child process (sleep): use exec form"));
+        // A shell that forwarded it is fine.
+        let forwarded = ContainerFacts {
+            others_got_sigterm: true,
+            ..f.clone()
+        };
+        assert!(diagnoses(&forwarded)
+            .iter()
+            .all(|d| d.code != Code::ShellDidNotForwardSigterm));
+        // A non-shell PID 1 with children is not a shell problem.
+        let app = ContainerFacts {
+            pid1_comm: Some("java".into()),
+            ..f
+        };
+        assert!(diagnoses(&app)
+            .iter()
+            .all(|d| d.code != Code::ShellDidNotForwardSigterm));
+    }
+
+    #[test]
+    fn sigkill_without_sigterm_oom_and_crashes() {
+        let f = ContainerFacts {
+            external_sigkill: sig(5, "runc"),
+            ..killed(9, 6)
+        };
+        assert_eq!(outcome(&f), Outcome::KilledWithoutSigterm);
+        let oom = ContainerFacts {
+            kernel_sigkill: sig(5, "app"),
+            ..killed(9, 6)
+        };
+        assert_eq!(outcome(&oom), Outcome::OomKilled);
+        assert_eq!(diagnoses(&oom)[0].code, Code::OomKilled);
+        assert_eq!(outcome(&killed(11, 6)), Outcome::Crashed);
+        assert_eq!(outcome(&exited(3, 6)), Outcome::SelfExit);
+        assert_eq!(
+            outcome(&killed(9, 6)),
+            Outcome::Unknown,
+            "SIGKILL from nowhere seen"
+        );
+        assert_eq!(outcome(&ContainerFacts::default()), Outcome::Unknown);
+    }
+
+    #[test]
+    fn sigterm_after_the_kill_does_not_make_it_forced() {
+        let f = ContainerFacts {
+            first_sigterm: sig(9, "runc"),
+            external_sigkill: sig(5, "runc"),
+            ..killed(9, 10)
+        };
+        assert_eq!(outcome(&f), Outcome::KilledWithoutSigterm);
+    }
+}

@@ -1,0 +1,12 @@
+//! Termination state: one owner (the [`Tracker`]) turns attributed kernel events into a
+//! per-container state machine and per-pod termination records, classifies each end
+//! (pure functions in [`classify`]) and publishes immutable snapshots for export.
+
+pub mod classify;
+pub mod model;
+mod record;
+pub mod tracker;
+
+pub use classify::{Code, ContainerFacts, Outcome};
+pub use model::{Snapshot, Termination};
+pub use tracker::{SeedProcess, Tracker, TrackerOptions};

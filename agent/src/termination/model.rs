@@ -1,0 +1,148 @@
+//! What a termination looks like to a user: the JSON served at `/debug/terminations`
+//! and rendered by `gracewatch explain`. Field names are part of the interface.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    InProgress,
+    Completed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Termination {
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub uid: Option<String>,
+    pub state: State,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub grace_period_seconds: Option<f64>,
+    pub containers: Vec<ContainerSummary>,
+    pub timeline: Vec<TimelineEntry>,
+    pub diagnoses: Vec<DiagnosisEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSummary {
+    /// Container name (Kubernetes mode); null in standalone mode.
+    pub name: Option<String>,
+    pub container_id: String,
+    pub pid1_comm: Option<String>,
+    /// Null while the container is still terminating.
+    pub outcome: Option<String>,
+    pub exit_code: Option<u8>,
+    /// Name of the signal PID 1 died of, e.g. "SIGKILL".
+    pub exit_signal: Option<String>,
+    pub sigterm_to_exit_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// RFC 3339, nanoseconds, UTC.
+    pub at: String,
+    pub what: String,
+    /// 12-character container id, null for pod-level entries.
+    pub container: Option<String>,
+    pub detail: String,
+    /// Kernel boot-clock time, for ordering; not serialized.
+    #[serde(skip)]
+    pub at_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiagnosisEntry {
+    pub code: String,
+    pub container: Option<String>,
+    pub message: String,
+}
+
+/// Everything export reads, published by the tracker as one immutable value.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Completed terminations (oldest first), then those in progress.
+    pub terminations: Vec<Arc<Termination>>,
+}
+
+#[derive(Serialize)]
+pub struct TerminationsBody<'a> {
+    pub terminations: Vec<&'a Termination>,
+}
+
+impl Snapshot {
+    /// Terminations with a container whose id starts with `prefix`.
+    pub fn by_container_prefix(&self, prefix: &str) -> Vec<&Termination> {
+        self.terminations
+            .iter()
+            .filter(|t| {
+                t.containers
+                    .iter()
+                    .any(|c| c.container_id.starts_with(prefix))
+            })
+            .map(|t| t.as_ref())
+            .collect()
+    }
+
+    pub fn all(&self) -> Vec<&Termination> {
+        self.terminations.iter().map(|t| t.as_ref()).collect()
+    }
+}
+
+/// Conventional name of a signal number (Linux x86-64/arm64 numbering).
+pub fn signal_name(sig: u32) -> String {
+    const NAMES: [&str; 32] = [
+        "0",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    match NAMES.get(sig as usize) {
+        Some(n) if sig > 0 => (*n).to_string(),
+        _ if (34..=64).contains(&sig) => format!("SIGRTMIN+{}", sig - 34),
+        _ => format!("SIG{sig}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(35), "SIGRTMIN+1");
+        assert_eq!(signal_name(0), "SIG0");
+    }
+}

@@ -1,0 +1,451 @@
+//! The single owner of termination state. Fed attributed kernel events in order, it
+//! keeps a state machine per container (running → terminating → exited → finalized),
+//! bumps event-time metrics, and on [`Tracker::tick`] finalizes containers whose PID 1
+//! is gone, grouping them per pod into termination records (see `record`).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
+
+use agent_ebpf::{handler, si_code, sig_result};
+use prometheus_client::metrics::counter::Counter;
+
+use super::{
+    classify::{ContainerFacts, SignalFact, SIGKILL, SIGTERM},
+    model::{signal_name, Snapshot, Termination, TimelineEntry},
+    record::{record_key, Records},
+};
+use crate::{
+    attribution::ContainerInfo,
+    clock::Clock,
+    export::{metrics::SignalLabels, ContainerLabels, Metrics},
+    kernel::{decode::comm_str, ExitStatus, KernelEvent},
+};
+
+/// Timeline entries kept per container; a signal storm must not grow memory.
+const MAX_TIMELINE: usize = 200;
+/// Processes remembered per container (a fork storm must not grow memory either).
+const MAX_PROCS: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct TrackerOptions {
+    /// How long after PID 1's exit (and the last event) a container is finalized, so the
+    /// exits of the processes the kernel kills after PID 1 are included.
+    pub linger_ns: u64,
+    /// Completed terminations kept for `/debug/terminations`.
+    pub history: usize,
+}
+
+impl Default for TrackerOptions {
+    fn default() -> Self {
+        Self {
+            linger_ns: 500_000_000,
+            history: 256,
+        }
+    }
+}
+
+/// A process found in a container's cgroup when the container was discovered.
+#[derive(Clone, Debug)]
+pub struct SeedProcess {
+    pub tgid: u32,
+    pub ns_tgid: u32,
+    pub comm: String,
+}
+
+#[derive(Debug)]
+struct Proc {
+    comm: String,
+}
+
+pub(super) struct ContainerState {
+    pub(super) info: Arc<ContainerInfo>,
+    pub(super) labels: ContainerLabels,
+    pub(super) pid1: Option<u32>,
+    procs: HashMap<u32, Proc>,
+    pub(super) facts: ContainerFacts,
+    pub(super) terminating_since: Option<u64>,
+    pub(super) timeline: Vec<TimelineEntry>,
+    pub(super) timeline_dropped: u64,
+    pub(super) last_exit_ns: Option<u64>,
+    last_event_ns: u64,
+    gone: bool,
+    signal_counters: HashMap<(u32, u32), Counter>,
+}
+
+impl ContainerState {
+    fn new(info: Arc<ContainerInfo>) -> Self {
+        let labels = ContainerLabels {
+            container: info.short_id().to_string(),
+            ..Default::default()
+        };
+        Self {
+            info,
+            labels,
+            pid1: None,
+            procs: HashMap::new(),
+            facts: ContainerFacts::default(),
+            terminating_since: None,
+            timeline: Vec::new(),
+            timeline_dropped: 0,
+            last_exit_ns: None,
+            last_event_ns: 0,
+            gone: false,
+            signal_counters: HashMap::new(),
+        }
+    }
+
+    fn add_proc(&mut self, tgid: u32, ns_tgid: u32, ns_level: u32, comm: String) {
+        // PID 1 of its own namespace is the container's init; a container sharing the
+        // host PID namespace has none, and its first process seen stands in for it.
+        if self.pid1.is_none() && (ns_tgid == 1 || ns_level == 0) {
+            self.pid1 = Some(tgid);
+            self.facts.pid1_comm = Some(comm.clone());
+        } else if self.pid1 == Some(tgid) {
+            self.facts.pid1_comm = Some(comm.clone());
+        }
+        if self.procs.len() < MAX_PROCS || self.procs.contains_key(&tgid) {
+            self.procs.insert(tgid, Proc { comm });
+        }
+    }
+
+    fn is_pid1(&self, tgid: u32) -> bool {
+        self.pid1 == Some(tgid)
+    }
+
+    fn note(&mut self, at_ns: u64, what: &str, detail: String, clock: &Clock) {
+        if self.timeline.len() >= MAX_TIMELINE {
+            self.timeline_dropped += 1;
+            return;
+        }
+        self.timeline.push(TimelineEntry {
+            at: clock.rfc3339(at_ns),
+            what: what.to_string(),
+            container: Some(self.labels.container.clone()),
+            detail,
+            at_ns,
+        });
+    }
+
+    fn recording(&self) -> bool {
+        self.terminating_since.is_some()
+    }
+}
+
+pub struct Tracker {
+    opts: TrackerOptions,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    containers: HashMap<u64, ContainerState>,
+    /// Containers finalized recently, so their late events do not start a new state.
+    finished: VecDeque<u64>,
+    records: Records,
+    dirty: bool,
+}
+
+impl Tracker {
+    pub fn new(opts: TrackerOptions, clock: Clock, metrics: Arc<Metrics>) -> Self {
+        let records = Records::new(opts.history);
+        Self {
+            opts,
+            clock,
+            metrics,
+            containers: HashMap::new(),
+            finished: VecDeque::new(),
+            records,
+            dirty: true,
+        }
+    }
+
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// A container found by a cgroup walk, with the processes already in it.
+    pub fn observe_container(&mut self, info: Arc<ContainerInfo>, procs: &[SeedProcess]) {
+        if self.finished.contains(&info.cgroup_id) {
+            return;
+        }
+        let state = self
+            .containers
+            .entry(info.cgroup_id)
+            .or_insert_with(|| ContainerState::new(info));
+        let mut sorted: Vec<&SeedProcess> = procs.iter().collect();
+        sorted.sort_by_key(|p| (p.ns_tgid != 1, p.tgid));
+        for p in sorted {
+            if !state.procs.contains_key(&p.tgid) {
+                state.add_proc(p.tgid, p.ns_tgid, 1, p.comm.clone());
+            }
+        }
+    }
+
+    /// The container's cgroup was removed: nothing more will happen in it.
+    pub fn cgroup_removed(&mut self, cgroup_id: u64) {
+        if let Some(c) = self.containers.get_mut(&cgroup_id) {
+            c.gone = true;
+        }
+        self.finished.retain(|id| *id != cgroup_id);
+    }
+
+    pub fn handle(&mut self, info: &Arc<ContainerInfo>, ev: &KernelEvent) {
+        let id = info.cgroup_id;
+        if self.finished.contains(&id) {
+            return;
+        }
+        let clock = self.clock;
+        let metrics = self.metrics.clone();
+        let c = self
+            .containers
+            .entry(id)
+            .or_insert_with(|| ContainerState::new(info.clone()));
+        c.last_event_ns = c.last_event_ns.max(ev.header().ktime_ns);
+        match ev {
+            KernelEvent::Exec(e) => {
+                let h = &e.header;
+                let comm = comm_str(&h.comm);
+                c.add_proc(h.tgid, h.ns_tgid, h.ns_level, comm.clone());
+                if c.recording() || c.is_pid1(h.tgid) {
+                    let role = if c.is_pid1(h.tgid) {
+                        "PID 1"
+                    } else {
+                        "process"
+                    };
+                    let detail = format!("{role} exec'd {comm} (pid {} in container)", h.ns_tgid);
+                    c.note(h.ktime_ns, "exec", detail, &clock);
+                }
+            }
+            KernelEvent::Signal(s) => on_signal(c, s, &metrics, &clock),
+            KernelEvent::Deliver(d) => {
+                let h = &d.header;
+                if c.recording() && (d.sig == SIGTERM || d.sig == SIGKILL || c.is_pid1(h.tgid)) {
+                    let how = match d.sa_handler {
+                        _ if d.sig == SIGKILL => "cannot be caught: the process dies",
+                        handler::SIG_DFL => "default action",
+                        handler::SIG_IGN => "ignored (SIG_IGN)",
+                        _ => "handled by the process's own handler",
+                    };
+                    let detail = format!(
+                        "{} delivered to {} (pid {} in container): {how}",
+                        signal_name(d.sig),
+                        comm_str(&h.comm),
+                        h.ns_tgid
+                    );
+                    c.note(h.ktime_ns, "signal_delivered", detail, &clock);
+                }
+            }
+            KernelEvent::Exit(e) => on_exit(c, e, &clock),
+        }
+        self.dirty = true;
+    }
+
+    /// Finalizes containers that are done; returns whether anything changed.
+    pub fn tick(&mut self, now_ns: u64) -> bool {
+        let linger = self.opts.linger_ns;
+        let done: Vec<u64> = self
+            .containers
+            .iter()
+            .filter(|(_, c)| {
+                let quiet = now_ns.saturating_sub(c.last_event_ns) >= linger;
+                quiet && (c.facts.pid1_exit.is_some() || c.gone)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            let Some(c) = self.containers.remove(&id) else {
+                continue;
+            };
+            if c.terminating_since.is_none() {
+                // Gone without anything seen (e.g. it ended before the agent started).
+                continue;
+            }
+            self.finished.push_back(id);
+            if self.finished.len() > 4096 {
+                self.finished.pop_front();
+            }
+            let key = record_key(&c.info);
+            let others_pending = self
+                .containers
+                .values()
+                .any(|o| o.terminating_since.is_some() && record_key(&o.info) == key);
+            self.records
+                .finalize(c, others_pending, &self.metrics, &self.clock);
+            self.dirty = true;
+        }
+        self.dirty
+    }
+
+    /// A new snapshot when something changed since the last one.
+    pub fn snapshot(&mut self) -> Option<Arc<Snapshot>> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        let mut terminations: Vec<Arc<Termination>> = self.records.completed().cloned().collect();
+        terminations.extend(self.records.in_progress(&self.containers, &self.clock));
+        Some(Arc::new(Snapshot { terminations }))
+    }
+
+    /// Containers currently tracked (tests, debugging).
+    pub fn tracked(&self) -> usize {
+        self.containers.len()
+    }
+}
+
+fn fact(s: &agent_ebpf::SignalGenerateEvent) -> SignalFact {
+    SignalFact {
+        at_ns: s.header.ktime_ns,
+        sender_comm: comm_str(&s.sender_comm),
+        sender_tgid: s.sender_tgid,
+    }
+}
+
+fn result_name(result: u32) -> &'static str {
+    match result {
+        sig_result::DELIVERED => "delivered",
+        sig_result::IGNORED => "ignored",
+        sig_result::ALREADY_PENDING => "already_pending",
+        sig_result::OVERFLOW_FAIL => "overflow",
+        _ => "lose_info",
+    }
+}
+
+fn on_signal(
+    c: &mut ContainerState,
+    s: &agent_ebpf::SignalGenerateEvent,
+    metrics: &Metrics,
+    clock: &Clock,
+) {
+    let h = &s.header;
+    let labels = &c.labels;
+    c.signal_counters
+        .entry((s.sig, s.result))
+        .or_insert_with(|| {
+            metrics
+                .signals
+                .get_or_create(&SignalLabels {
+                    namespace: labels.namespace.clone(),
+                    workload: labels.workload.clone(),
+                    container: labels.container.clone(),
+                    signal: signal_name(s.sig),
+                    result: result_name(s.result),
+                })
+                .clone()
+        })
+        .inc();
+    if !c.procs.contains_key(&h.tgid) {
+        c.add_proc(h.tgid, h.ns_tgid, h.ns_level, comm_str(&h.comm));
+    }
+    let to_pid1 = c.is_pid1(h.tgid);
+    let external = s.sender_cgroup_id != c.info.cgroup_id;
+    let pid1_alive = c.facts.pid1_exit.is_none();
+    match s.sig {
+        SIGTERM if to_pid1 && external && c.facts.first_sigterm.is_none() => {
+            c.facts.first_sigterm = Some(fact(s));
+            c.terminating_since.get_or_insert(h.ktime_ns);
+            let pid1 = c.pid1;
+            c.facts.others_at_sigterm = c
+                .procs
+                .iter()
+                .filter(|(tgid, _)| Some(**tgid) != pid1)
+                .map(|(_, p)| p.comm.clone())
+                .collect();
+            c.facts.others_at_sigterm.sort();
+        }
+        SIGTERM
+            if !to_pid1 && c.recording() && pid1_alive && c.facts.external_sigkill.is_none() =>
+        {
+            c.facts.others_got_sigterm = true;
+        }
+        SIGKILL if s.code == si_code::SI_KERNEL => {
+            // The kernel kills the rest of a PID namespace from its dying init: that is
+            // teardown, not a kill. Any other kernel SIGKILL is the OOM killer's.
+            if !c.is_pid1(s.sender_tgid) && c.facts.kernel_sigkill.is_none() {
+                c.facts.kernel_sigkill = Some(fact(s));
+                c.terminating_since.get_or_insert(h.ktime_ns);
+            }
+        }
+        SIGKILL if to_pid1 && external && c.facts.external_sigkill.is_none() => {
+            c.facts.external_sigkill = Some(fact(s));
+            c.terminating_since.get_or_insert(h.ktime_ns);
+        }
+        _ => {}
+    }
+    if s.sig == SIGTERM && to_pid1 && s.result == sig_result::IGNORED {
+        c.facts.sigterm_ignored_by_pid1 = true;
+        metrics.sigterm_ignored.get_or_create(&c.labels).inc();
+    }
+    if c.recording() {
+        let target = comm_str(&h.comm);
+        let role = if to_pid1 {
+            "PID 1".to_string()
+        } else {
+            format!("pid {}", h.ns_tgid)
+        };
+        let teardown = s.sig == SIGKILL && s.code == si_code::SI_KERNEL && c.is_pid1(s.sender_tgid);
+        let sender = if teardown {
+            "the kernel (PID 1 exited, so its namespace is torn down)".to_string()
+        } else if s.code == si_code::SI_KERNEL {
+            format!(
+                "the kernel (in the context of {})",
+                comm_str(&s.sender_comm)
+            )
+        } else {
+            let side = if external {
+                "outside the container"
+            } else {
+                "inside the container"
+            };
+            format!(
+                "{} (host pid {}, {side})",
+                comm_str(&s.sender_comm),
+                s.sender_tgid
+            )
+        };
+        let detail = format!(
+            "{} from {sender} to {target} ({role}): {}",
+            signal_name(s.sig),
+            result_name(s.result)
+        );
+        let what = match s.sig {
+            SIGTERM => "sigterm",
+            SIGKILL => "sigkill",
+            _ => "signal",
+        };
+        c.note(h.ktime_ns, what, detail, clock);
+    }
+}
+
+fn on_exit(c: &mut ContainerState, e: &agent_ebpf::ExitEvent, clock: &Clock) {
+    let h = &e.header;
+    let status = ExitStatus::from_exit_code(e.exit_code);
+    let comm = c
+        .procs
+        .remove(&h.tgid)
+        .map(|p| p.comm)
+        .unwrap_or_else(|| comm_str(&h.comm));
+    let how = match status {
+        ExitStatus::Exited(code) => format!("exited with code {code}"),
+        ExitStatus::Signaled { signal, core } => format!(
+            "killed by {}{}",
+            signal_name(u32::from(signal)),
+            if core { " (core dumped)" } else { "" }
+        ),
+    };
+    if c.is_pid1(h.tgid) {
+        c.facts.pid1_exit = Some(status);
+        c.facts.pid1_exit_ns = Some(h.ktime_ns);
+        c.terminating_since.get_or_insert(h.ktime_ns);
+        c.last_exit_ns = Some(h.ktime_ns);
+        c.note(
+            h.ktime_ns,
+            "container_exit",
+            format!("PID 1 {comm} {how}"),
+            clock,
+        );
+    } else if c.recording() {
+        c.last_exit_ns = Some(h.ktime_ns);
+        let detail = format!("{comm} (pid {} in container) {how}", h.ns_tgid);
+        c.note(h.ktime_ns, "exit", detail, clock);
+    }
+}
