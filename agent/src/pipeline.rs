@@ -72,7 +72,7 @@ impl Pipeline {
             }
         };
         self.kind_counters[ev.kind() as usize].inc();
-        match self.attribute(ev.header().cgroup_id) {
+        match self.attribute(ev.header().cgroup_id, ev.header().tgid) {
             Some(info) => self.tracker.handle(&info, &ev),
             None => {
                 self.metrics.unattributed_events.inc();
@@ -80,11 +80,17 @@ impl Pipeline {
         }
     }
 
-    fn attribute(&mut self, cgroup_id: u64) -> Option<Arc<ContainerInfo>> {
+    fn attribute(&mut self, cgroup_id: u64, tgid: u32) -> Option<Arc<ContainerInfo>> {
         match self.resolver.lookup(cgroup_id) {
             Lookup::Container(c) => Some(c),
             Lookup::NotContainer => None,
             Lookup::Unknown => {
+                // The task is usually still alive: ask the kernel where it is. A walk is
+                // the fallback (it also finds cgroups whose tasks are gone).
+                if let Some(info) = self.resolver.learn_from_proc(tgid, cgroup_id) {
+                    self.added(info.clone());
+                    return Some(info);
+                }
                 if !self.resolver.rescan_due() {
                     return None;
                 }
@@ -104,9 +110,7 @@ impl Pipeline {
     pub fn rescan(&mut self) -> Result<(), ResolverError> {
         let delta = self.resolver.rescan()?;
         for info in delta.added {
-            let procs = seed_processes(self.resolver.root(), &info);
-            self.added_cgroups.push(info.cgroup_id);
-            self.tracker.observe_container(info, &procs);
+            self.added(info);
         }
         let now = Instant::now();
         for id in delta.removed {
@@ -122,6 +126,14 @@ impl Pipeline {
             self.resolver.forget(id);
         }
         Ok(())
+    }
+}
+
+impl Pipeline {
+    fn added(&mut self, info: Arc<ContainerInfo>) {
+        let procs = seed_processes(self.resolver.root(), &info);
+        self.added_cgroups.push(info.cgroup_id);
+        self.tracker.observe_container(info, &procs);
     }
 }
 

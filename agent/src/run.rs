@@ -21,7 +21,7 @@ use crate::{
     clock::{boot_now_ns, Clock},
     export::{
         http::{self, HttpState},
-        metrics::KindLabels,
+        metrics::{KindLabels, ProgramLabels},
         Metrics,
     },
     kernel::{LoadOptions, Probes},
@@ -118,7 +118,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 sync_container_map(&mut pipeline, &mut probes);
             }
-            _ = lost_poll.tick() => export_lost(&probes, &metrics, &mut lost_seen),
+            _ = lost_poll.tick() => {
+                export_lost(&probes, &metrics, &mut lost_seen);
+                export_run_stats(&probes, &metrics);
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -157,5 +160,19 @@ fn export_lost(probes: &Probes, metrics: &Metrics, seen: &mut [u64; 5]) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot read lost-event counters"),
+    }
+}
+
+fn export_run_stats(probes: &Probes, metrics: &Metrics) {
+    for (program, runs, ns) in probes.run_stats() {
+        let labels = ProgramLabels { program };
+        metrics
+            .bpf_program_runs
+            .get_or_create(&labels)
+            .set(runs as i64);
+        metrics
+            .bpf_program_run_ns
+            .get_or_create(&labels)
+            .set(ns as i64);
     }
 }

@@ -121,6 +121,20 @@ impl Resolver {
             .is_none_or(|t| t.elapsed() >= MISS_RESCAN_INTERVAL)
     }
 
+    /// Learns the cgroup of a live process from `/proc/<tgid>/cgroup`, accepting it only
+    /// when that directory's inode is `cgroup_id` (the process may have moved). Returns
+    /// the container it belongs to, if any, when this is news.
+    pub fn learn_from_proc(&mut self, tgid: u32, cgroup_id: u64) -> Option<Arc<ContainerInfo>> {
+        let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()?;
+        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
+        let dir = self.root.join(path.trim_start_matches('/'));
+        if std::fs::metadata(dir).ok()?.ino() != cgroup_id {
+            return None;
+        }
+        self.present.insert(cgroup_id, ());
+        self.insert(cgroup_id, path)
+    }
+
     /// Records a cgroup directly (tests, benchmarks, and paths learned from /proc).
     pub fn insert(&mut self, cgroup_id: u64, path: &str) -> Option<Arc<ContainerInfo>> {
         let entry = match cgroup_path::parse(path) {
@@ -218,7 +232,12 @@ fn v2_under(root: &Path) -> Result<PathBuf, ResolverError> {
 
 fn is_cgroup2(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC)
+        // The width of f_type differs between targets, hence the cast.
+        .map(|s| {
+            #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+            let magic = s.filesystem_type().0 as i64;
+            magic == CGROUP2_SUPER_MAGIC
+        })
         .unwrap_or(false)
 }
 

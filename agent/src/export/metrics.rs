@@ -52,6 +52,11 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabels {
+    pub program: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -77,6 +82,8 @@ pub struct Metrics {
     pub bpf_events: Family<KindLabels, Counter>,
     pub bpf_events_lost: Family<KindLabels, Counter>,
     pub unattributed_events: Counter,
+    pub bpf_program_runs: Family<ProgramLabels, Gauge>,
+    pub bpf_program_run_ns: Family<ProgramLabels, Gauge>,
     pub decode_errors: Family<ReasonLabels, Counter>,
 }
 
@@ -93,6 +100,8 @@ impl Metrics {
             bpf_events: Family::default(),
             bpf_events_lost: Family::default(),
             unattributed_events: Counter::default(),
+            bpf_program_runs: Family::default(),
+            bpf_program_run_ns: Family::default(),
             decode_errors: Family::default(),
             registry: Registry::default(),
         };
@@ -140,6 +149,16 @@ impl Metrics {
             "unattributed_events",
             "Kernel events from tasks whose cgroup is not a recognised container cgroup",
             m.unattributed_events.clone(),
+        );
+        registry.register(
+            "bpf_program_runs",
+            "Times each kernel program ran, as the kernel counts them (only while sysctl kernel.bpf_stats_enabled=1)",
+            m.bpf_program_runs.clone(),
+        );
+        registry.register(
+            "bpf_program_run_nanoseconds",
+            "Total run time of each kernel program in nanoseconds (only while sysctl kernel.bpf_stats_enabled=1)",
+            m.bpf_program_run_ns.clone(),
         );
         registry.register(
             "decode_errors",

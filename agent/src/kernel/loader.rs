@@ -59,6 +59,7 @@ impl Probes {
         if opts.ring_bytes < 4096 || !opts.ring_bytes.is_power_of_two() {
             return Err(KernelError::RingSize(opts.ring_bytes));
         }
+        raise_memlock_limit();
         let config = Config {
             signal_mask: agent_ebpf::signal_mask(&opts.signals),
             flags: if opts.trace_host { FLAG_TRACE_HOST } else { 0 },
@@ -70,7 +71,7 @@ impl Probes {
             .load(PROBES_OBJECT)
             .map_err(|source| KernelError::Load {
                 hint: privilege_hint(),
-                source,
+                source: Box::new(source),
             })?;
         for (name, tracepoint) in PROGRAMS {
             attach(&mut ebpf, name, tracepoint)?;
@@ -136,6 +137,16 @@ impl Probes {
     }
 }
 
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (later ones to the memory
+/// cgroup); lift the limit so a large ring buffer loads there. Failure is not fatal: on
+/// a newer kernel the limit does not matter, on an older one the load error says so.
+fn raise_memlock_limit() {
+    use nix::sys::resource::{setrlimit, Resource, RLIM_INFINITY};
+    if let Err(e) = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY) {
+        tracing::debug!(error = %e, "cannot raise RLIMIT_MEMLOCK (needs CAP_SYS_RESOURCE)");
+    }
+}
+
 fn attach(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<(), KernelError> {
     let program: &mut RawTracePoint = ebpf
         .program_mut(name)
@@ -146,13 +157,13 @@ fn attach(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<(), KernelErr
         .try_into()
         .map_err(|source| KernelError::Program {
             program: name.to_string(),
-            source,
+            source: Box::new(source),
             hint: String::new(),
         })?;
-    let program_err = |source| {
+    let program_err = |source: aya::programs::ProgramError| {
         KernelError::Program {
         program: name.to_string(),
-        source,
+        source: Box::new(source),
         hint: format!(
             " (attaching raw tracepoint {tracepoint}; it needs a kernel >= 4.17 with that tracepoint){}",
             privilege_hint()
@@ -174,7 +185,7 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, KernelError> 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> KernelError {
     move |source| KernelError::Map {
         name: name.to_string(),
-        source,
+        source: Box::new(source),
     }
 }
 

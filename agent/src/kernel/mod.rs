@@ -18,21 +18,21 @@ pub enum KernelError {
     #[error("loading the BPF programs failed: {source}{hint}")]
     Load {
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
         hint: String,
     },
     #[error("program {program}: {source}{hint}")]
     Program {
         program: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
         hint: String,
     },
     #[error("BPF map {name}: {source}")]
     Map {
         name: String,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     #[error("BPF object has no {what} named {name} (agent and probes out of step?)")]
     Missing { what: &'static str, name: String },

@@ -75,10 +75,10 @@ pub struct ContainerFacts {
     /// A SIGKILL raised by the kernel itself (SI_KERNEL) that was not the PID-namespace
     /// teardown following PID 1's death: the OOM killer.
     pub kernel_sigkill: Option<SignalFact>,
-    /// Other processes alive in the container when SIGTERM reached PID 1, by name.
-    pub others_at_sigterm: Vec<String>,
-    /// Whether any of those received a SIGTERM before PID 1 died or was SIGKILLed.
-    pub others_got_sigterm: bool,
+    /// Processes (by name) that were alive when SIGTERM reached PID 1, never received a
+    /// SIGTERM themselves, and were then SIGKILLed (by the runtime or by the kernel when
+    /// PID 1 died): they had no chance to shut down.
+    pub killed_unwarned: Vec<String>,
 }
 
 impl ContainerFacts {
@@ -152,17 +152,13 @@ pub fn diagnoses(f: &ContainerFacts) -> Vec<Diagnosis> {
     let mut out = Vec::new();
     let comm = f.pid1_comm.as_deref().unwrap_or("?");
     let shell = is_shell(comm);
-    if shell
-        && f.first_sigterm.is_some()
-        && !f.others_at_sigterm.is_empty()
-        && !f.others_got_sigterm
-    {
+    if shell && f.first_sigterm.is_some() && !f.killed_unwarned.is_empty() {
         out.push(Diagnosis {
             code: Code::ShellDidNotForwardSigterm,
             message: format!(
                 "PID 1 is /bin/{comm} and did not forward SIGTERM to {} ({}): use exec form (`exec app`, or a JSON-array ENTRYPOINT/command) or an init such as tini that forwards signals",
-                plural(f.others_at_sigterm.len(), "child process", "child processes"),
-                f.others_at_sigterm.join(", ")
+                plural(f.killed_unwarned.len(), "child process", "child processes"),
+                f.killed_unwarned.join(", ")
             ),
         });
     }
@@ -294,16 +290,15 @@ mod tests {
             first_sigterm: sig(1, "runc"),
             sigterm_ignored_by_pid1: true,
             external_sigkill: sig(2, "runc"),
-            others_at_sigterm: vec!["sleep".into()],
-            others_got_sigterm: false,
+            killed_unwarned: vec!["sleep".into()],
             ..killed(9, 3)
         };
         let d = diagnoses(&f);
         assert_eq!(d[0].code, Code::ShellDidNotForwardSigterm);
         assert!(d[0].message.starts_with("PID 1 is /bin/sh and did not forward SIGTERM to 1 child process (sleep): use exec form"));
-        // A shell that forwarded it is fine.
+        // A shell whose children got SIGTERM, or ended on their own, is fine.
         let forwarded = ContainerFacts {
-            others_got_sigterm: true,
+            killed_unwarned: vec![],
             ..f.clone()
         };
         assert!(diagnoses(&forwarded)

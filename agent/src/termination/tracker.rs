@@ -57,6 +57,10 @@ pub struct SeedProcess {
 #[derive(Debug)]
 struct Proc {
     comm: String,
+    /// Alive when SIGTERM reached PID 1.
+    alive_at_sigterm: bool,
+    /// Received a SIGTERM during the termination.
+    got_sigterm: bool,
 }
 
 pub(super) struct ContainerState {
@@ -106,7 +110,12 @@ impl ContainerState {
             self.facts.pid1_comm = Some(comm.clone());
         }
         if self.procs.len() < MAX_PROCS || self.procs.contains_key(&tgid) {
-            self.procs.insert(tgid, Proc { comm });
+            let p = self.procs.entry(tgid).or_insert(Proc {
+                comm: String::new(),
+                alive_at_sigterm: false,
+                got_sigterm: false,
+            });
+            p.comm = comm;
         }
     }
 
@@ -218,6 +227,9 @@ impl Tracker {
             KernelEvent::Signal(s) => on_signal(c, s, &metrics, &clock),
             KernelEvent::Deliver(d) => {
                 let h = &d.header;
+                if c.is_pid1(h.tgid) {
+                    refresh_pid1_comm(c, &h.comm);
+                }
                 if c.recording() && (d.sig == SIGTERM || d.sig == SIGKILL || c.is_pid1(h.tgid)) {
                     let how = match d.sa_handler {
                         _ if d.sig == SIGKILL => "cannot be caught: the process dies",
@@ -337,6 +349,9 @@ fn on_signal(
         c.add_proc(h.tgid, h.ns_tgid, h.ns_level, comm_str(&h.comm));
     }
     let to_pid1 = c.is_pid1(h.tgid);
+    if to_pid1 {
+        refresh_pid1_comm(c, &h.comm);
+    }
     let external = s.sender_cgroup_id != c.info.cgroup_id;
     let pid1_alive = c.facts.pid1_exit.is_none();
     match s.sig {
@@ -344,27 +359,31 @@ fn on_signal(
             c.facts.first_sigterm = Some(fact(s));
             c.terminating_since.get_or_insert(h.ktime_ns);
             let pid1 = c.pid1;
-            c.facts.others_at_sigterm = c
-                .procs
-                .iter()
-                .filter(|(tgid, _)| Some(**tgid) != pid1)
-                .map(|(_, p)| p.comm.clone())
-                .collect();
-            c.facts.others_at_sigterm.sort();
-        }
-        SIGTERM
-            if !to_pid1 && c.recording() && pid1_alive && c.facts.external_sigkill.is_none() =>
-        {
-            c.facts.others_got_sigterm = true;
-        }
-        SIGKILL if s.code == si_code::SI_KERNEL => {
-            // The kernel kills the rest of a PID namespace from its dying init: that is
-            // teardown, not a kill. Any other kernel SIGKILL is the OOM killer's.
-            if !c.is_pid1(s.sender_tgid) && c.facts.kernel_sigkill.is_none() {
-                c.facts.kernel_sigkill = Some(fact(s));
-                c.terminating_since.get_or_insert(h.ktime_ns);
+            for (tgid, p) in c.procs.iter_mut().filter(|(tgid, _)| Some(**tgid) != pid1) {
+                p.alive_at_sigterm = true;
+                // Programs rename themselves after exec (busybox applets exec
+                // /proc/self/exe): the name now is the one people know.
+                if let Ok(now) = std::fs::read_to_string(format!("/proc/{tgid}/comm")) {
+                    p.comm = now.trim_end().to_string();
+                }
             }
         }
+        SIGTERM if !to_pid1 && c.recording() && pid1_alive => {
+            if let Some(p) = c.procs.get_mut(&h.tgid) {
+                p.got_sigterm = true;
+            }
+        }
+        // The kernel kills the rest of a PID namespace from its dying init: that is
+        // teardown, not a kill. Any other kernel SIGKILL is the OOM killer's.
+        SIGKILL
+            if s.code == si_code::SI_KERNEL
+                && !c.is_pid1(s.sender_tgid)
+                && c.facts.kernel_sigkill.is_none() =>
+        {
+            c.facts.kernel_sigkill = Some(fact(s));
+            c.terminating_since.get_or_insert(h.ktime_ns);
+        }
+        SIGKILL if s.code == si_code::SI_KERNEL => {}
         SIGKILL if to_pid1 && external && c.facts.external_sigkill.is_none() => {
             c.facts.external_sigkill = Some(fact(s));
             c.terminating_since.get_or_insert(h.ktime_ns);
@@ -416,14 +435,26 @@ fn on_signal(
     }
 }
 
+/// PID 1's name as of its latest event (programs may rename themselves after exec).
+fn refresh_pid1_comm(c: &mut ContainerState, comm: &[u8]) {
+    let now = comm_str(comm);
+    if c.facts.pid1_comm.as_deref() != Some(now.as_str()) {
+        c.facts.pid1_comm = Some(now);
+    }
+}
+
 fn on_exit(c: &mut ContainerState, e: &agent_ebpf::ExitEvent, clock: &Clock) {
     let h = &e.header;
     let status = ExitStatus::from_exit_code(e.exit_code);
-    let comm = c
-        .procs
-        .remove(&h.tgid)
-        .map(|p| p.comm)
-        .unwrap_or_else(|| comm_str(&h.comm));
+    let comm = comm_str(&h.comm);
+    if let Some(p) = c.procs.remove(&h.tgid) {
+        if p.alive_at_sigterm && !p.got_sigterm && status.signal() == Some(SIGKILL as u8) {
+            c.facts.killed_unwarned.push(comm.clone());
+        }
+    }
+    if c.is_pid1(h.tgid) {
+        refresh_pid1_comm(c, &h.comm);
+    }
     let how = match status {
         ExitStatus::Exited(code) => format!("exited with code {code}"),
         ExitStatus::Signaled { signal, core } => format!(
