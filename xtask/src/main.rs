@@ -1,0 +1,52 @@
+//! Project tasks: `cargo xtask setup | build | test | demo | bench`. One module per task;
+//! each is a thin sequence of commands a person could run by hand.
+
+mod bench;
+mod build;
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Gracewatch project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (Debian packages, nightly rust-src, bpf-linker).
+    Setup {
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Set up if needed, then build the agent and its kernel programs.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, lint, then run every test tier (unit, root with real containers).
+    Test,
+    /// Set up, build, run the agent on this host and show it explain real terminations.
+    Demo,
+    /// Measure overhead, loss and throughput; prints a report (see README).
+    Bench {
+        /// Storm repetitions per side (A/B interleaved).
+        #[arg(long, default_value_t = 6)]
+        rounds: u32,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup { verbose } => setup::run(verbose),
+        Task::Build { release } => build::run(release),
+        Task::Test => test::run(),
+        Task::Demo => demo::run(),
+        Task::Bench { rounds } => bench::run(rounds),
+    }
+}

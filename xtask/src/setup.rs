@@ -1,0 +1,364 @@
+//! `cargo xtask setup`: brings a fresh Debian 12 machine (run as root) to the point where
+//! the whole workspace builds and every test tier runs.
+//!
+//! It owns three things and nothing else: the Debian packages (LLVM 22 for bpf-linker, runc
+//! and a static busybox for real containers, the tools the demo and benchmarks drive), the
+//! nightly `rust-src` component that `-Z build-std=core` needs for the eBPF crate, and
+//! bpf-linker 0.13.0 built against the system LLVM 22.
+//!
+//! Every step checks before it acts, so a second run only reads state and ends in well under
+//! two seconds. Each check prints one line: `ok: ...` when nothing was needed, `installing:
+//! ...` before a change. Failures name the exact command and carry its stderr.
+
+use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// Packages the build, the root test tier, the demo and the benchmarks need.
+const DEBIAN_PACKAGES: &[&str] = &[
+    // bpf-linker links against the system LLVM 22 and what libLLVM itself links against.
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "libxml2-dev",
+    // rustc links host binaries through `cc`; rustup does not bring one.
+    "gcc",
+    "libc6-dev",
+    // Real OCI containers without a Docker engine (see DOMAIN.md).
+    "runc",
+    "busybox-static",
+    // Demo and benchmarks: a scraper, a server to drain, load and timing tools.
+    "prometheus",
+    "nginx",
+    "wrk",
+    "stress-ng",
+    "hyperfine",
+    "iproute2",
+    "procps",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// Appended to every failed install: the eBPF build is pinned to LLVM 22, nightly and
+/// bpf-linker 0.13.0, and a substitute that happens to install produces objects that fail
+/// later in ways far harder to read than this error.
+const DO_NOT_SWAP: &str = "do not replace a toolchain that failed to install with another one \
+     (another LLVM, Rust channel or bpf-linker version): the eBPF build is pinned to LLVM 22, \
+     nightly rust-src and bpf-linker 0.13.0; fix the cause shown below and run \
+     `cargo xtask setup` again";
+
+fn install_failed(what: &str) -> String {
+    format!("installing {what} failed; {DO_NOT_SWAP}")
+}
+
+/// How many trailing stderr lines an error keeps; `cargo install` prints hundreds.
+const STDERR_TAIL_LINES: usize = 60;
+
+/// Installs whatever is missing. `verbose` echoes every command and streams installer output
+/// live instead of keeping it for the error message only.
+pub fn run(verbose: bool) -> Result<()> {
+    debian_packages(verbose)?;
+    nightly_rust_src(verbose)?;
+    bpf_linker(verbose)?;
+    println!("setup complete");
+    Ok(())
+}
+
+fn debian_packages(verbose: bool) -> Result<()> {
+    let mut missing = Vec::new();
+    for &package in DEBIAN_PACKAGES {
+        if package_installed(package)? {
+            println!("ok: {package} present");
+        } else {
+            println!("missing: {package}");
+            missing.push(package);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !command_ok(Command::new("apt-get").arg("--version")) {
+        bail!("apt-get not found: `cargo xtask setup` supports Debian 12 only");
+    }
+    if !running_as_root() {
+        bail!(
+            "installing Debian packages needs root; missing: {}",
+            missing.join(" ")
+        );
+    }
+
+    println!(
+        "installing: apt-get update (once, {} missing)",
+        missing.len()
+    );
+    run_or_bail(Command::new("apt-get").arg("update"), verbose)
+        .context("refreshing the package lists failed")?;
+
+    println!(
+        "installing: {} (this can take a few minutes)",
+        missing.join(" ")
+    );
+    let mut install = Command::new("apt-get");
+    install
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing);
+    run_or_bail(&mut install, verbose).with_context(|| install_failed("Debian packages"))?;
+
+    for package in missing {
+        if !package_installed(package)? {
+            bail!("apt-get reported success but {package} is still not installed");
+        }
+    }
+    Ok(())
+}
+
+/// True when dpkg reports the package fully installed. A removed package whose config files
+/// remain ("deinstall ok config-files") counts as missing.
+fn package_installed(package: &str) -> Result<bool> {
+    let output = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .stdin(Stdio::null())
+        .output()
+        .context("running dpkg-query failed: `cargo xtask setup` supports Debian 12 only")?;
+    // dpkg-query exits 1 for a package it has never heard of; that is an answer, not an error.
+    Ok(output.status.success() && output.stdout.trim_ascii() == b"install ok installed")
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn nightly_rust_src(verbose: bool) -> Result<()> {
+    let toolchains = capture(Command::new("rustup").args(["toolchain", "list"]))
+        .context("listing rustup toolchains failed (rustup is required: https://rustup.rs)")?;
+    let has_nightly = toolchains
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .any(|name| name == "nightly" || name.starts_with("nightly-"));
+    if !has_nightly {
+        println!("installing: nightly toolchain with rust-src (not in `rustup toolchain list`)");
+        let mut install = Command::new("rustup");
+        install.args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]);
+        return run_or_bail(&mut install, verbose)
+            .with_context(|| install_failed("the nightly toolchain"));
+    }
+
+    let components = capture(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    // rust-src has no target triple, but match a suffixed name too in case rustup adds one.
+    let has_rust_src = components
+        .lines()
+        .any(|line| line.trim() == "rust-src" || line.trim().starts_with("rust-src-"));
+    if has_rust_src {
+        println!("ok: nightly toolchain with rust-src present");
+        return Ok(());
+    }
+    println!("installing: rust-src for the nightly toolchain");
+    let mut add = Command::new("rustup");
+    add.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
+    run_or_bail(&mut add, verbose).with_context(|| install_failed("nightly rust-src"))
+}
+
+fn bpf_linker(verbose: bool) -> Result<()> {
+    let cargo_bin = cargo_home().map(|home| home.join("bin").join("bpf-linker"));
+    let on_path = bpf_linker_version(Path::new("bpf-linker"));
+    if on_path.as_deref() == Some(BPF_LINKER_VERSION) {
+        println!("ok: bpf-linker {BPF_LINKER_VERSION} present");
+        return Ok(());
+    }
+    if let Some(path) = &cargo_bin {
+        if bpf_linker_version(path).as_deref() == Some(BPF_LINKER_VERSION) {
+            println!(
+                "ok: bpf-linker {BPF_LINKER_VERSION} present at {} (add {} to PATH)",
+                path.display(),
+                path.parent()
+                    .map_or_else(String::new, |dir| dir.display().to_string()),
+            );
+            return Ok(());
+        }
+    }
+
+    let found = on_path.map_or_else(|| "none found".to_owned(), |v| format!("found {v}"));
+    println!(
+        "installing: bpf-linker {BPF_LINKER_VERSION} against {LLVM_PREFIX} ({found}; this takes a few minutes)"
+    );
+    let mut install = Command::new("cargo");
+    install.env("LLVM_PREFIX", LLVM_PREFIX).args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--locked",
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ]);
+    run_or_bail(&mut install, verbose)
+        .with_context(|| install_failed(&format!("bpf-linker {BPF_LINKER_VERSION}")))?;
+
+    let installed = cargo_bin.as_deref().and_then(bpf_linker_version);
+    if installed.as_deref() != Some(BPF_LINKER_VERSION) {
+        bail!(
+            "cargo install finished but bpf-linker --version does not print {BPF_LINKER_VERSION}"
+        );
+    }
+    if bpf_linker_version(Path::new("bpf-linker")).as_deref() != Some(BPF_LINKER_VERSION) {
+        println!("note: another bpf-linker comes first on PATH; put ~/.cargo/bin before it");
+    }
+    Ok(())
+}
+
+/// The version `bpf-linker --version` prints ("bpf-linker 0.13.0"), or None when the binary
+/// is absent or says something else.
+fn bpf_linker_version(program: &Path) -> Option<String> {
+    let output = Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .nth(1)
+        .map(str::to_owned)
+}
+
+fn cargo_home() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+}
+
+/// True when the command ran and exited 0; its output is discarded. A missing program is
+/// simply `false`: callers use this for "is it there?" questions.
+pub(crate) fn command_ok(cmd: &mut Command) -> bool {
+    cmd.stdin(Stdio::null())
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+/// Runs a read-only query and returns its stdout, or an error naming the command and its stderr.
+fn capture(cmd: &mut Command) -> Result<String> {
+    let line = render(cmd);
+    let output = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("could not start `{line}`"))?;
+    if !output.status.success() {
+        bail!(failure(
+            &line,
+            output.status,
+            &String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs a command that changes the machine. Quiet mode keeps its output for the error;
+/// verbose mode echoes the command, streams stdout and tees stderr so the error still has it.
+fn run_or_bail(cmd: &mut Command, verbose: bool) -> Result<()> {
+    let line = render(cmd);
+    cmd.stdin(Stdio::null());
+    if !verbose {
+        let output = cmd
+            .output()
+            .with_context(|| format!("could not start `{line}`"))?;
+        if !output.status.success() {
+            bail!(failure(
+                &line,
+                output.status,
+                &String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        return Ok(());
+    }
+
+    eprintln!("$ {line}");
+    let mut child = cmd
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{line}`"))?;
+    let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
+    if let Some(stderr) = child.stderr.take() {
+        for text in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{text}");
+            if tail.len() == STDERR_TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(text);
+        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for `{line}` failed"))?;
+    if !status.success() {
+        let stderr = Vec::from(tail).join("\n");
+        bail!(failure(&line, status, &stderr));
+    }
+    Ok(())
+}
+
+fn failure(line: &str, status: ExitStatus, stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.trim_end().lines().collect();
+    let skipped = lines.len().saturating_sub(STDERR_TAIL_LINES);
+    let shown = lines[skipped..].join("\n");
+    let note = if skipped > 0 {
+        format!(" (last {STDERR_TAIL_LINES} lines)")
+    } else {
+        String::new()
+    };
+    format!("`{line}` failed ({status}); stderr{note}:\n{shown}")
+}
+
+/// The command as a person would type it, environment overrides first.
+fn render(cmd: &Command) -> String {
+    let envs = cmd.get_envs().filter_map(|(key, value)| {
+        value.map(|value| format!("{}={}", key.to_string_lossy(), quote(value)))
+    });
+    let words = std::iter::once(quote(cmd.get_program())).chain(cmd.get_args().map(quote));
+    envs.chain(words).collect::<Vec<_>>().join(" ")
+}
+
+fn quote(word: &OsStr) -> String {
+    let word = word.to_string_lossy();
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        word.into_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}

@@ -1,0 +1,34 @@
+//! `cargo xtask test`: every tier, in order, stopping at the first failure: format and
+//! lints; unit tests (no root); root tests (real BPF programs, real runc containers, the
+//! agent binary as users run it); the Prometheus rules' own tests.
+
+use crate::{setup, util};
+
+pub fn run() -> anyhow::Result<()> {
+    setup::run(false)?;
+    util::require_root("test")?;
+    util::cargo(&["build", "--workspace", "--all-targets"])?;
+    util::cargo(&["fmt", "--all", "--", "--check"])?;
+    util::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    util::cargo(&["test", "-p", "agent", "-p", "xtask"])?;
+    // Root tier: one test at a time, since tests read node-wide metrics and signal storms
+    // must not overlap.
+    util::cargo(&["test", "-p", "gracewatch-tests", "--", "--test-threads=1"])?;
+    util::run(
+        "promtool",
+        &["check", "rules", "deploy/prometheus/rules.yaml"],
+    )?;
+    util::run(
+        "promtool",
+        &["test", "rules", "deploy/prometheus/rules_test.yaml"],
+    )?;
+    eprintln!("all test tiers passed");
+    Ok(())
+}
