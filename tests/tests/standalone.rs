@@ -283,6 +283,11 @@ fn exit_code_of_a_self_exiting_pid1_is_reported() {
         )),
         Some(1.0)
     );
+    // A process that exits by itself was not terminated: no termination duration.
+    assert_eq!(
+        m.sum("gracewatch_termination_duration_seconds_count", &[]),
+        0.0
+    );
 }
 
 #[test]

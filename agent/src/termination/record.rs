@@ -35,6 +35,8 @@ struct OpenRecord {
     started_ns: u64,
     finished_ns: u64,
     outcomes: Vec<Outcome>,
+    /// A termination signal (or a kill) started it, not processes exiting by themselves.
+    signalled: bool,
     containers: Vec<ContainerSummary>,
     timeline: Vec<TimelineEntry>,
     diagnoses: Vec<DiagnosisEntry>,
@@ -156,6 +158,9 @@ impl Records {
         rec.started_ns = rec.started_ns.min(start);
         rec.finished_ns = rec.finished_ns.max(end);
         rec.outcomes.push(outcome);
+        rec.signalled |= c.facts.first_sigterm.is_some()
+            || c.facts.external_sigkill.is_some()
+            || c.facts.kernel_sigkill.is_some();
         rec.containers.push(summary(&c, Some(outcome)));
         rec.timeline.extend(timeline_of(&c, clock));
         rec.diagnoses
@@ -170,15 +175,17 @@ impl Records {
         let Some(mut rec) = self.open.remove(&key) else {
             return;
         };
-        let pod_outcome = worst(&rec.outcomes);
-        metrics
-            .termination_duration
-            .get_or_create(&DurationLabels {
-                namespace: std::mem::take(&mut rec.namespace),
-                workload: std::mem::take(&mut rec.workload),
-                outcome: pod_outcome.as_str(),
-            })
-            .observe(secs(rec.finished_ns.saturating_sub(rec.started_ns)));
+        // Processes that simply exited were not terminated: no duration to speak of.
+        if rec.signalled {
+            metrics
+                .termination_duration
+                .get_or_create(&DurationLabels {
+                    namespace: std::mem::take(&mut rec.namespace),
+                    workload: std::mem::take(&mut rec.workload),
+                    outcome: worst(&rec.outcomes).as_str(),
+                })
+                .observe(secs(rec.finished_ns.saturating_sub(rec.started_ns)));
+        }
         rec.timeline.sort_by_key(|e| e.at_ns);
         self.completed.push_back(Arc::new(Termination {
             namespace: None,

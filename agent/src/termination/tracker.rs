@@ -212,7 +212,15 @@ impl Tracker {
         match ev {
             KernelEvent::Exec(e) => {
                 let h = &e.header;
-                let comm = comm_str(&h.comm);
+                let mut comm = comm_str(&h.comm);
+                if c.recording() {
+                    // Only while terminating (not a hot path): a program that renames
+                    // itself after exec (busybox applets exec /proc/self/exe) is shown
+                    // by the name it took.
+                    if let Ok(now) = std::fs::read_to_string(format!("/proc/{}/comm", h.tgid)) {
+                        comm = now.trim_end().to_string();
+                    }
+                }
                 c.add_proc(h.tgid, h.ns_tgid, h.ns_level, comm.clone());
                 if c.recording() || c.is_pid1(h.tgid) {
                     let role = if c.is_pid1(h.tgid) {
