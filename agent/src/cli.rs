@@ -20,7 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent on this node.
     Run(RunArgs),
-    /// Print the termination timeline and diagnoses of a container (container/<id-prefix>).
+    /// Print the termination timeline and diagnoses of a pod (<namespace>/<pod>) or a
+    /// container (container/<id-prefix>).
     Explain(ExplainArgs),
 }
 
@@ -49,6 +50,9 @@ pub struct RunArgs {
     /// Completed terminations kept for /debug/terminations.
     #[arg(long, default_value_t = 256)]
     pub history: usize,
+    /// A pod still present this many seconds past deletion + grace period is stuck.
+    #[arg(long, default_value_t = 30)]
+    pub stuck_margin_seconds: u64,
     /// Trace host processes as well as containers (debugging and benchmarks).
     #[arg(long, hide = true)]
     pub trace_host: bool,
@@ -62,7 +66,7 @@ pub struct RunArgs {
 
 #[derive(Args, Debug)]
 pub struct ExplainArgs {
-    /// What to explain: container/<id-prefix>.
+    /// What to explain: <namespace>/<pod> or container/<id-prefix>.
     pub target: String,
     /// The agent's base URL.
     #[arg(long, default_value = "http://127.0.0.1:9610")]

@@ -39,6 +39,12 @@ impl Clock {
         OffsetDateTime::from_unix_timestamp_nanos(ns).unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
 
+    /// CLOCK_BOOTTIME reading of a wall-clock time (0 for times before boot).
+    pub fn boot_ns(&self, wall: OffsetDateTime) -> u64 {
+        let ns = wall.unix_timestamp_nanos() - self.offset_ns;
+        u64::try_from(ns).unwrap_or(0)
+    }
+
     /// RFC 3339 with nanoseconds, UTC.
     pub fn rfc3339(&self, boot_ns: u64) -> String {
         rfc3339(self.wall(boot_ns))
@@ -70,6 +76,7 @@ mod tests {
     fn boot_time_converts_to_wall_time_with_nanoseconds() {
         let clock = Clock::with_offset_ns(1_700_000_000_000_000_000);
         assert_eq!(clock.rfc3339(123_456_789), "2023-11-14T22:13:20.123456789Z");
+        assert_eq!(clock.boot_ns(clock.wall(123_456_789)), 123_456_789);
     }
 
     #[test]

@@ -22,7 +22,10 @@ pub fn endpoint(target: &str) -> anyhow::Result<String> {
         Some(("container", prefix)) if !prefix.is_empty() => {
             Ok(format!("/debug/terminations/container/{prefix}"))
         }
-        _ => bail!("cannot explain {target:?}: give container/<id-prefix>"),
+        Some((ns, pod)) if !ns.is_empty() && !pod.is_empty() && !pod.contains('/') => {
+            Ok(format!("/debug/terminations/{ns}/{pod}"))
+        }
+        _ => bail!("cannot explain {target:?}: give <namespace>/<pod> or container/<id-prefix>"),
     }
 }
 
@@ -80,7 +83,11 @@ pub fn render(t: &Termination) -> String {
         crate::termination::model::State::InProgress => "in progress",
         crate::termination::model::State::Completed => "completed",
     };
-    let _ = writeln!(out, "Termination of {who} ({state})");
+    let grace = t
+        .grace_period_seconds
+        .map(|g| format!(", grace period {g}s"))
+        .unwrap_or_default();
+    let _ = writeln!(out, "Termination of {who} ({state}{grace})");
     let _ = writeln!(
         out,
         "  started  {}\n  finished {}",
@@ -136,7 +143,12 @@ mod tests {
             endpoint("container/abc123").expect("ok"),
             "/debug/terminations/container/abc123"
         );
+        assert_eq!(
+            endpoint("shop/web-1").expect("ok"),
+            "/debug/terminations/shop/web-1"
+        );
         assert!(endpoint("pod").is_err());
+        assert!(endpoint("a/b/c").is_err());
         assert!(endpoint("container/").is_err());
     }
 

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod explain;
 pub mod export;
 pub mod kernel;
+pub mod kube;
 pub mod pipeline;
 pub mod run;
 pub mod termination;

@@ -7,12 +7,12 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     net::TcpListener,
     signal::unix::{signal, SignalKind},
-    sync::watch,
+    sync::{mpsc, watch},
 };
 
 use crate::{
@@ -25,6 +25,7 @@ use crate::{
         Metrics,
     },
     kernel::{LoadOptions, Probes},
+    kube::{self, KubeError},
     pipeline::Pipeline,
     termination::{Snapshot, Tracker, TrackerOptions},
 };
@@ -33,12 +34,23 @@ use crate::{
 const DRAIN_BUDGET: usize = 16 * 1024;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    if !args.standalone {
-        bail!(
-            "Kubernetes mode is not available in this build yet: run with --standalone to attribute by cgroup alone"
-        );
-    }
-    let mode = "standalone";
+    let mode = if args.standalone {
+        "standalone"
+    } else {
+        "kubernetes"
+    };
+    // Kubernetes mode fails early and clearly, before anything is loaded.
+    let kube_client = if args.standalone {
+        None
+    } else {
+        let node = args
+            .node_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or(KubeError::NodeNameMissing)?;
+        let client = kube::client(args.kubeconfig.as_deref()).await?;
+        Some((client, node))
+    };
     let metrics = Arc::new(Metrics::new(mode));
     let ready = Arc::new(AtomicBool::new(false));
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
@@ -65,12 +77,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let tracker = Tracker::new(
         TrackerOptions {
             history: args.history,
+            stuck_margin_ns: args.stuck_margin_seconds.saturating_mul(1_000_000_000),
             ..TrackerOptions::default()
         },
         Clock::sample(),
         metrics.clone(),
     );
     let mut pipeline = Pipeline::new(resolver, tracker, metrics.clone());
+    let (kube_tx, mut kube_rx) = mpsc::channel(4096);
+    let watchers = match kube_client {
+        Some((client, node)) => {
+            tracing::info!(node = %node, "watching this node's pods, their endpoints and kubelet events");
+            kube::watch::spawn(client, node, kube_tx, metrics.clone())
+        }
+        None => {
+            drop(kube_tx);
+            Vec::new()
+        }
+    };
     pipeline.rescan().context("initial cgroup walk")?;
     sync_container_map(&mut pipeline, &mut probes);
     ready.store(true, Ordering::Release);
@@ -103,9 +127,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 sync_container_map(&mut pipeline, &mut probes);
             }
+            Some(update) = kube_rx.recv() => pipeline.tracker.kube(update),
             _ = tick.tick() => {
-                pipeline.tracker.tick(boot_now_ns());
-                if let Some(s) = pipeline.tracker.snapshot() {
+                let now = boot_now_ns();
+                pipeline.tracker.tick(now);
+                if let Some(s) = pipeline.tracker.snapshot(now) {
                     snap_tx.send_replace(s);
                 }
             }
@@ -129,6 +155,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     export_lost(&probes, &metrics, &mut lost_seen);
     server.abort();
+    for w in watchers {
+        w.abort();
+    }
     Ok(())
 }
 

@@ -46,6 +46,22 @@ pub struct DurationLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Default)]
+pub struct WorkloadLabels {
+    pub namespace: String,
+    pub workload: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
@@ -71,6 +87,11 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
 
+/// Share of the grace period used: 0.05 … 1.5 (above 1: the pod outlived its grace).
+fn ratio_histogram() -> Histogram {
+    Histogram::new([0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0, 1.1, 1.5])
+}
+
 pub struct Metrics {
     registry: Registry,
     pub signals: Family<SignalLabels, Counter>,
@@ -85,6 +106,13 @@ pub struct Metrics {
     pub bpf_program_runs: Family<ProgramLabels, Gauge>,
     pub bpf_program_run_ns: Family<ProgramLabels, Gauge>,
     pub decode_errors: Family<ReasonLabels, Counter>,
+    pub grace_period_used_ratio: Family<WorkloadLabels, Histogram, fn() -> Histogram>,
+    pub prestop_duration: Family<ContainerLabels, Histogram, fn() -> Histogram>,
+    pub endpoint_removal_lag: Family<WorkloadLabels, Histogram, fn() -> Histogram>,
+    pub sigterm_before_endpoint_removal: Family<WorkloadLabels, Counter>,
+    pub terminating_pods: Family<NamespaceLabels, Gauge>,
+    pub stuck_terminating_pods: Family<NamespaceLabels, Gauge>,
+    pub kube_watch_errors: Family<ResourceLabels, Counter>,
 }
 
 impl Metrics {
@@ -103,6 +131,13 @@ impl Metrics {
             bpf_program_runs: Family::default(),
             bpf_program_run_ns: Family::default(),
             decode_errors: Family::default(),
+            grace_period_used_ratio: Family::new_with_constructor(ratio_histogram),
+            prestop_duration: Family::new_with_constructor(duration_histogram),
+            endpoint_removal_lag: Family::new_with_constructor(duration_histogram),
+            sigterm_before_endpoint_removal: Family::default(),
+            terminating_pods: Family::default(),
+            stuck_terminating_pods: Family::default(),
+            kube_watch_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -165,6 +200,41 @@ impl Metrics {
             "Ring buffer records that failed validation, by reason",
             m.decode_errors.clone(),
         );
+        registry.register(
+            "grace_period_used_ratio",
+            "Deletion to last container exit, as a share of the pod's effective grace period",
+            m.grace_period_used_ratio.clone(),
+        );
+        registry.register(
+            "prestop_duration_seconds",
+            "Time a container's preStop hook took: kubelet's Killing event (or the deletion) to SIGTERM",
+            m.prestop_duration.clone(),
+        );
+        registry.register(
+            "endpoint_removal_lag_seconds",
+            "Deletion to the pod's endpoint leaving its Services (not ready, terminating or removed), as observed",
+            m.endpoint_removal_lag.clone(),
+        );
+        registry.register(
+            "sigterm_before_endpoint_removal",
+            "Terminations where SIGTERM reached the pod before its endpoint left its Services: traffic may still arrive while it shuts down",
+            m.sigterm_before_endpoint_removal.clone(),
+        );
+        registry.register(
+            "terminating_pods",
+            "Pods of this node that are being deleted and are still in the API",
+            m.terminating_pods.clone(),
+        );
+        registry.register(
+            "stuck_terminating_pods",
+            "Pods of this node still present past deletion + grace period + --stuck-margin",
+            m.stuck_terminating_pods.clone(),
+        );
+        registry.register(
+            "kube_watch_errors",
+            "Errors from the Kubernetes API watches, by resource (the watch retries with backoff)",
+            m.kube_watch_errors.clone(),
+        );
         // Always exported, at zero until something happens, so "no loss" is visible.
         for kind in agent_ebpf::EventKind::ALL {
             let labels = KindLabels { kind: kind.name() };
@@ -180,6 +250,12 @@ impl Metrics {
             .set(1);
         registry.register("build_info", "Gracewatch version and mode", build_info);
         Self { registry, ..m }
+    }
+
+    pub fn kube_watch_error(&self, resource: &'static str) {
+        self.kube_watch_errors
+            .get_or_create(&ResourceLabels { resource })
+            .inc();
     }
 
     /// The OpenMetrics text exposition of every metric.

@@ -119,6 +119,10 @@ pub enum Code {
     ShellDidNotForwardSigterm,
     ForcedKill,
     OomKilled,
+    PrestopExceededGrace,
+    EndpointRemovedAfterSigterm,
+    StuckTerminating,
+    OrphanedProcesses,
 }
 
 impl Code {
@@ -128,6 +132,10 @@ impl Code {
             Self::ShellDidNotForwardSigterm => "SHELL_DID_NOT_FORWARD_SIGTERM",
             Self::ForcedKill => "FORCED_KILL",
             Self::OomKilled => "OOM_KILLED",
+            Self::PrestopExceededGrace => "PRESTOP_EXCEEDED_GRACE",
+            Self::EndpointRemovedAfterSigterm => "ENDPOINT_REMOVED_AFTER_SIGTERM",
+            Self::StuckTerminating => "STUCK_TERMINATING",
+            Self::OrphanedProcesses => "ORPHANED_PROCESSES",
         }
     }
 }

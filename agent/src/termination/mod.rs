@@ -4,8 +4,11 @@
 
 pub mod classify;
 pub mod model;
+pub mod pod_classify;
+pub mod pods;
 mod record;
 pub mod tracker;
+mod views;
 
 pub use classify::{Code, ContainerFacts, Outcome};
 pub use model::{Snapshot, Termination};

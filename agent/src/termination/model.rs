@@ -86,6 +86,15 @@ impl Snapshot {
             .collect()
     }
 
+    /// Terminations of the pod `namespace/name` (a pod name can be reused: all of them).
+    pub fn by_pod(&self, namespace: &str, name: &str) -> Vec<&Termination> {
+        self.terminations
+            .iter()
+            .filter(|t| t.namespace.as_deref() == Some(namespace) && t.pod.as_deref() == Some(name))
+            .map(|t| t.as_ref())
+            .collect()
+    }
+
     pub fn all(&self) -> Vec<&Termination> {
         self.terminations.iter().map(|t| t.as_ref()).collect()
     }

@@ -1,6 +1,7 @@
-//! Per-pod termination records: containers that terminate together (same pod uid, or a
-//! lone container) are grouped; a record completes when none of its containers is still
-//! terminating. Completed records are immutable and kept in a bounded history.
+//! Per-pod termination records. Containers that terminate together (same pod uid, or a
+//! lone container) are grouped. A record completes when none of its containers is still
+//! terminating and, in Kubernetes mode, the pod being deleted has left the API. Completed
+//! records are immutable and kept in a bounded history.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -8,17 +9,20 @@ use std::{
 };
 
 use super::{
-    classify::{self, Outcome},
+    classify::{self, ContainerFacts, Outcome},
     model::{signal_name, ContainerSummary, DiagnosisEntry, State, Termination, TimelineEntry},
+    pod_classify::{pod_diagnoses, MemberFacts, PodFacts},
+    pods::PodState,
     tracker::ContainerState,
 };
 use crate::{
     attribution::ContainerInfo,
     clock::Clock,
     export::{
-        metrics::{DurationLabels, OutcomeLabels},
+        metrics::{DurationLabels, OutcomeLabels, WorkloadLabels},
         Metrics,
     },
+    kube::PreStop,
 };
 
 /// Groups containers of one pod (by uid), or stands for a container outside any pod.
@@ -32,16 +36,16 @@ pub(super) fn record_key(info: &ContainerInfo) -> &str {
 #[derive(Default)]
 struct OpenRecord {
     uid: Option<String>,
-    started_ns: u64,
-    finished_ns: u64,
-    outcomes: Vec<Outcome>,
+    started_ns: Option<u64>,
+    finished_ns: Option<u64>,
     /// A termination signal (or a kill) started it, not processes exiting by themselves.
     signalled: bool,
+    outcomes: Vec<Outcome>,
     containers: Vec<ContainerSummary>,
+    members: Vec<MemberFacts>,
     timeline: Vec<TimelineEntry>,
     diagnoses: Vec<DiagnosisEntry>,
-    namespace: String,
-    workload: String,
+    labels: WorkloadLabels,
 }
 
 pub(super) struct Records {
@@ -71,10 +75,10 @@ fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
-fn summary(c: &ContainerState, outcome: Option<Outcome>) -> ContainerSummary {
+pub(super) fn summary(c: &ContainerState, outcome: Option<Outcome>) -> ContainerSummary {
     let exit = c.facts.pid1_exit;
     ContainerSummary {
-        name: None,
+        name: c.name.clone(),
         container_id: c.info.cgroup.container_id.clone(),
         pid1_comm: c.facts.pid1_comm.clone(),
         outcome: outcome.map(|o| o.as_str().to_string()),
@@ -86,7 +90,7 @@ fn summary(c: &ContainerState, outcome: Option<Outcome>) -> ContainerSummary {
     }
 }
 
-fn timeline_of(c: &ContainerState, clock: &Clock) -> Vec<TimelineEntry> {
+pub(super) fn timeline_of(c: &ContainerState, clock: &Clock) -> Vec<TimelineEntry> {
     let mut t = c.timeline.clone();
     if c.timeline_dropped > 0 {
         let at_ns = t.last().map(|e| e.at_ns).unwrap_or(0);
@@ -104,6 +108,41 @@ fn timeline_of(c: &ContainerState, clock: &Clock) -> Vec<TimelineEntry> {
     t
 }
 
+fn member(c: &ContainerState, pod: Option<&PodState>) -> MemberFacts {
+    let f: &ContainerFacts = &c.facts;
+    let prestop = pod.and_then(|p| {
+        p.info
+            .containers
+            .iter()
+            .find(|m| Some(&m.name) == c.name.as_ref())
+            .and_then(|m| m.prestop.as_ref())
+    });
+    MemberFacts {
+        name: c.name.clone().unwrap_or_else(|| c.labels.container.clone()),
+        has_prestop: prestop.is_some(),
+        prestop_kind: prestop.map(|p| match p {
+            PreStop::Exec(_) => "exec",
+            PreStop::HttpGet(_) => "httpGet",
+            PreStop::Sleep(_) => "sleep",
+            PreStop::TcpSocket => "tcpSocket",
+        }),
+        sigterm_ns: f.first_sigterm.as_ref().map(|s| s.at_ns),
+        sigkill_ns: f.external_sigkill.as_ref().map(|s| s.at_ns),
+        last_exit_ns: c.last_exit_ns.or(f.pid1_exit_ns),
+    }
+}
+
+/// The pod-level facts of a record joined with its pod's API state.
+fn pod_facts(members: &[MemberFacts], pod: &PodState) -> PodFacts {
+    PodFacts {
+        grace_seconds: pod.info.effective_grace_seconds(),
+        deletion_ns: pod.deletion_ns,
+        killing_ns: pod.killing_ns,
+        endpoint_down_ns: pod.endpoint_down_ns,
+        members: members.to_vec(),
+    }
+}
+
 impl Records {
     pub(super) fn new(cap: usize) -> Self {
         Self {
@@ -117,17 +156,27 @@ impl Records {
         self.completed.iter()
     }
 
+    /// Opens the record of a pod whose deletion was observed.
+    pub(super) fn open_pod(&mut self, pod: &PodState) {
+        let rec = self.open.entry(pod.info.uid.clone()).or_default();
+        rec.uid = Some(pod.info.uid.clone());
+        rec.started_ns = pod.deletion_ns.or(rec.started_ns);
+        rec.labels = WorkloadLabels {
+            namespace: pod.info.namespace.clone(),
+            workload: pod.info.workload.clone(),
+        };
+    }
+
     /// Classifies a container that is done, exports its metrics and files it in its
-    /// pod's record; completes the record when no sibling is still terminating.
+    /// pod's record.
     pub(super) fn finalize(
         &mut self,
         c: ContainerState,
-        others_pending: bool,
+        pod: Option<&PodState>,
         metrics: &Metrics,
         clock: &Clock,
     ) {
         let outcome = classify::outcome(&c.facts);
-        let diagnoses = classify::diagnoses(&c.facts);
         let l = &c.labels;
         metrics
             .container_terminations
@@ -144,130 +193,160 @@ impl Records {
         if let Some(ns) = c.facts.sigterm_to_exit_ns() {
             metrics.sigterm_to_exit.get_or_create(l).observe(secs(ns));
         }
-
+        let m = member(&c, pod);
+        if let Some(p) = pod {
+            if let Some(ns) = pod_facts(std::slice::from_ref(&m), p).prestop_ns(&m) {
+                metrics.prestop_duration.get_or_create(l).observe(secs(ns));
+            }
+        }
         let key = record_key(&c.info).to_string();
-        let rec = self.open.entry(key.clone()).or_insert_with(|| OpenRecord {
-            uid: c.info.cgroup.pod_uid.clone(),
-            started_ns: u64::MAX,
+        let rec = self.open.entry(key).or_default();
+        rec.uid = c.info.cgroup.pod_uid.clone();
+        rec.labels = WorkloadLabels {
             namespace: l.namespace.clone(),
             workload: l.workload.clone(),
-            ..Default::default()
-        });
+        };
         let start = c.terminating_since.unwrap_or(0);
-        let end = c.last_exit_ns.or(c.facts.pid1_exit_ns).unwrap_or(start);
-        rec.started_ns = rec.started_ns.min(start);
-        rec.finished_ns = rec.finished_ns.max(end);
-        rec.outcomes.push(outcome);
+        rec.started_ns = Some(rec.started_ns.map_or(start, |s| s.min(start)));
+        if let Some(end) = m.last_exit_ns {
+            rec.finished_ns = Some(rec.finished_ns.map_or(end, |f| f.max(end)));
+        }
         rec.signalled |= c.facts.first_sigterm.is_some()
             || c.facts.external_sigkill.is_some()
             || c.facts.kernel_sigkill.is_some();
+        rec.outcomes.push(outcome);
         rec.containers.push(summary(&c, Some(outcome)));
+        rec.members.push(m);
         rec.timeline.extend(timeline_of(&c, clock));
+        let mut diagnoses = classify::diagnoses(&c.facts);
+        diagnoses.extend(c.orphans.clone());
         rec.diagnoses
             .extend(diagnoses.into_iter().map(|d| DiagnosisEntry {
                 code: d.code.as_str().to_string(),
-                container: Some(c.labels.container.clone()),
+                container: Some(c.name.clone().unwrap_or_else(|| c.labels.container.clone())),
                 message: d.message,
             }));
-        if others_pending {
+    }
+
+    /// Completes `key`'s record when nothing of it is pending any more.
+    pub(super) fn try_complete(
+        &mut self,
+        key: &str,
+        others_pending: bool,
+        pod: Option<&PodState>,
+        metrics: &Metrics,
+        clock: &Clock,
+    ) {
+        let pod_pending = pod.is_some_and(|p| p.deletion_ns.is_some() && p.removed_ns.is_none());
+        if others_pending || pod_pending || !self.open.contains_key(key) {
             return;
         }
-        let Some(mut rec) = self.open.remove(&key) else {
+        let Some(rec) = self.open.remove(key) else {
             return;
         };
-        // Processes that simply exited were not terminated: no duration to speak of.
-        if rec.signalled {
-            metrics
-                .termination_duration
-                .get_or_create(&DurationLabels {
-                    namespace: std::mem::take(&mut rec.namespace),
-                    workload: std::mem::take(&mut rec.workload),
-                    outcome: worst(&rec.outcomes).as_str(),
-                })
-                .observe(secs(rec.finished_ns.saturating_sub(rec.started_ns)));
-        }
-        rec.timeline.sort_by_key(|e| e.at_ns);
-        self.completed.push_back(Arc::new(Termination {
-            namespace: None,
-            pod: None,
-            uid: rec.uid,
-            state: State::Completed,
-            started_at: Some(clock.rfc3339(rec.started_ns)),
-            finished_at: Some(clock.rfc3339(rec.finished_ns)),
-            grace_period_seconds: None,
-            containers: rec.containers,
-            timeline: rec.timeline,
-            diagnoses: rec.diagnoses,
-        }));
+        let t = self.complete(rec, pod, metrics, clock);
+        self.completed.push_back(Arc::new(t));
         while self.completed.len() > self.cap {
             self.completed.pop_front();
         }
     }
 
-    /// Views of terminations still under way: finalized containers of open records plus
-    /// containers still terminating.
-    pub(super) fn in_progress(
+    fn complete(
         &self,
-        containers: &HashMap<u64, ContainerState>,
+        mut rec: OpenRecord,
+        pod: Option<&PodState>,
+        metrics: &Metrics,
         clock: &Clock,
-    ) -> Vec<Arc<Termination>> {
-        let mut views: HashMap<&str, Termination> = HashMap::new();
-        let mut starts: HashMap<&str, u64> = HashMap::new();
-        for (key, rec) in &self.open {
-            starts.insert(key.as_str(), rec.started_ns);
-            views.insert(
-                key.as_str(),
-                view(
-                    rec.uid.clone(),
-                    rec.containers.clone(),
-                    rec.timeline.clone(),
-                    rec.diagnoses.clone(),
-                ),
-            );
+    ) -> Termination {
+        let facts = pod.map(|p| pod_facts(&rec.members, p));
+        let started = facts
+            .as_ref()
+            .and_then(|f| f.deletion_ns)
+            .or(rec.started_ns);
+        let finished = rec.finished_ns.or(pod.and_then(|p| p.removed_ns));
+        let labels = std::mem::take(&mut rec.labels);
+        if rec.signalled || facts.as_ref().is_some_and(|f| f.deletion_ns.is_some()) {
+            if let (Some(s), Some(f)) = (started, rec.finished_ns) {
+                metrics
+                    .termination_duration
+                    .get_or_create(&DurationLabels {
+                        namespace: labels.namespace.clone(),
+                        workload: labels.workload.clone(),
+                        outcome: worst(&rec.outcomes).as_str(),
+                    })
+                    .observe(secs(f.saturating_sub(s)));
+            }
         }
-        for c in containers.values() {
-            let Some(since) = c.terminating_since else {
-                continue;
-            };
-            let key = record_key(&c.info);
-            let v = views
-                .entry(key)
-                .or_insert_with(|| view(c.info.cgroup.pod_uid.clone(), vec![], vec![], vec![]));
-            v.containers.push(summary(c, None));
-            v.timeline.extend(timeline_of(c, clock));
-            let s = starts.entry(key).or_insert(since);
-            *s = (*s).min(since);
+        if let Some(f) = &facts {
+            if let Some(r) = f.grace_used_ratio() {
+                metrics
+                    .grace_period_used_ratio
+                    .get_or_create(&labels)
+                    .observe(r);
+            }
+            if let Some(lag) = f.endpoint_lag_ns() {
+                metrics
+                    .endpoint_removal_lag
+                    .get_or_create(&labels)
+                    .observe(secs(lag));
+            }
+            if f.sigterm_before_endpoint_removal() {
+                metrics
+                    .sigterm_before_endpoint_removal
+                    .get_or_create(&labels)
+                    .inc();
+            }
+            rec.diagnoses
+                .extend(
+                    pod_diagnoses(f)
+                        .into_iter()
+                        .map(|(container, d)| DiagnosisEntry {
+                            code: d.code.as_str().to_string(),
+                            container,
+                            message: d.message,
+                        }),
+                );
         }
-        let mut out: Vec<(u64, Termination)> = views
-            .into_iter()
-            .map(|(key, mut v)| {
-                let start = starts.get(key).copied().unwrap_or(0);
-                v.started_at = Some(clock.rfc3339(start));
-                v.timeline.sort_by_key(|e| e.at_ns);
-                (start, v)
-            })
-            .collect();
-        out.sort_by_key(|(start, _)| *start);
-        out.into_iter().map(|(_, v)| Arc::new(v)).collect()
+        if let Some(p) = pod {
+            rec.timeline.extend(p.timeline.iter().cloned());
+        }
+        rec.timeline.sort_by_key(|e| e.at_ns);
+        Termination {
+            namespace: pod.map(|p| p.info.namespace.clone()),
+            pod: pod.map(|p| p.info.name.clone()),
+            uid: rec.uid,
+            state: State::Completed,
+            started_at: started.map(|s| clock.rfc3339(s)),
+            finished_at: finished.map(|f| clock.rfc3339(f)),
+            grace_period_seconds: pod.map(|p| p.info.effective_grace_seconds() as f64),
+            containers: rec.containers,
+            timeline: rec.timeline,
+            diagnoses: rec.diagnoses,
+        }
     }
-}
 
-fn view(
-    uid: Option<String>,
-    containers: Vec<ContainerSummary>,
-    timeline: Vec<TimelineEntry>,
-    diagnoses: Vec<DiagnosisEntry>,
-) -> Termination {
-    Termination {
-        namespace: None,
-        pod: None,
-        uid,
-        state: State::InProgress,
-        started_at: None,
-        finished_at: None,
-        grace_period_seconds: None,
-        containers,
-        timeline,
-        diagnoses,
+    /// A view of every record still open, for the snapshot.
+    pub(super) fn open_views(&self) -> impl Iterator<Item = (&str, Termination)> {
+        self.open.iter().map(|(key, rec)| {
+            (
+                key.as_str(),
+                Termination {
+                    namespace: None,
+                    pod: None,
+                    uid: rec.uid.clone(),
+                    state: State::InProgress,
+                    started_at: None,
+                    finished_at: None,
+                    grace_period_seconds: None,
+                    containers: rec.containers.clone(),
+                    timeline: rec.timeline.clone(),
+                    diagnoses: rec.diagnoses.clone(),
+                },
+            )
+        })
+    }
+
+    pub(super) fn open_started(&self, key: &str) -> Option<u64> {
+        self.open.get(key).and_then(|r| r.started_ns)
     }
 }

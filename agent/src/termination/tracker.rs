@@ -12,8 +12,9 @@ use agent_ebpf::{handler, si_code, sig_result};
 use prometheus_client::metrics::counter::Counter;
 
 use super::{
-    classify::{ContainerFacts, SignalFact, SIGKILL, SIGTERM},
+    classify::{Code, ContainerFacts, Diagnosis, SignalFact, SIGKILL, SIGTERM},
     model::{signal_name, Snapshot, Termination, TimelineEntry},
+    pods::{PodChange, PodIndex},
     record::{record_key, Records},
 };
 use crate::{
@@ -21,6 +22,7 @@ use crate::{
     clock::Clock,
     export::{metrics::SignalLabels, ContainerLabels, Metrics},
     kernel::{decode::comm_str, ExitStatus, KernelEvent},
+    kube::KubeUpdate,
 };
 
 /// Timeline entries kept per container; a signal storm must not grow memory.
@@ -35,6 +37,8 @@ pub struct TrackerOptions {
     pub linger_ns: u64,
     /// Completed terminations kept for `/debug/terminations`.
     pub history: usize,
+    /// A pod still present this long past deletion + grace period is stuck.
+    pub stuck_margin_ns: u64,
 }
 
 impl Default for TrackerOptions {
@@ -42,6 +46,7 @@ impl Default for TrackerOptions {
         Self {
             linger_ns: 500_000_000,
             history: 256,
+            stuck_margin_ns: 30_000_000_000,
         }
     }
 }
@@ -76,17 +81,19 @@ pub(super) struct ContainerState {
     last_event_ns: u64,
     gone: bool,
     signal_counters: HashMap<(u32, u32), Counter>,
+    /// Container name (Kubernetes mode).
+    pub(super) name: Option<String>,
+    /// ORPHANED_PROCESSES findings, made when the container is finalized.
+    pub(super) orphans: Vec<Diagnosis>,
 }
 
 impl ContainerState {
-    fn new(info: Arc<ContainerInfo>) -> Self {
-        let labels = ContainerLabels {
-            container: info.short_id().to_string(),
-            ..Default::default()
-        };
+    fn new(info: Arc<ContainerInfo>, labels: ContainerLabels, name: Option<String>) -> Self {
         Self {
             info,
             labels,
+            name,
+            orphans: Vec::new(),
             pid1: None,
             procs: HashMap::new(),
             facts: ContainerFacts::default(),
@@ -119,6 +126,15 @@ impl ContainerState {
         }
     }
 
+    /// Host pids of the processes believed alive.
+    pub(super) fn live_tgids(&self) -> Vec<u32> {
+        self.procs.keys().copied().collect()
+    }
+
+    pub(super) fn comm_of(&self, tgid: u32) -> &str {
+        self.procs.get(&tgid).map_or("?", |p| p.comm.as_str())
+    }
+
     fn is_pid1(&self, tgid: u32) -> bool {
         self.pid1 == Some(tgid)
     }
@@ -137,20 +153,50 @@ impl ContainerState {
         });
     }
 
+    /// Processes other than PID 1 still alive after PID 1 exited: the kernel kills the
+    /// rest of a PID namespace, so these escaped it (a shared PID namespace, or a cgroup
+    /// joined from outside) and hold the cgroup.
+    fn check_orphans(&mut self) {
+        if self.facts.pid1_exit.is_none() {
+            return;
+        }
+        let pid1 = self.pid1;
+        let alive: Vec<String> = self
+            .procs
+            .iter()
+            .filter(|(tgid, _)| Some(**tgid) != pid1)
+            .filter(|(tgid, _)| std::path::Path::new(&format!("/proc/{tgid}")).exists())
+            .map(|(tgid, p)| format!("{} (host pid {tgid})", p.comm))
+            .collect();
+        if !alive.is_empty() {
+            self.orphans.push(Diagnosis {
+                code: Code::OrphanedProcesses,
+                message: format!(
+                    "{} left in the container's cgroup after PID 1 exited: {}; they keep the cgroup (and often the pod) from going away: make PID 1 reap and stop its children (an init such as tini), and do not share the host PID namespace",
+                    if alive.len() == 1 { "1 process" } else { "processes" },
+                    alive.join(", ")
+                ),
+            });
+        }
+    }
+
     fn recording(&self) -> bool {
         self.terminating_since.is_some()
     }
 }
 
 pub struct Tracker {
-    opts: TrackerOptions,
-    clock: Clock,
-    metrics: Arc<Metrics>,
-    containers: HashMap<u64, ContainerState>,
+    pub(super) opts: TrackerOptions,
+    pub(super) clock: Clock,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) containers: HashMap<u64, ContainerState>,
     /// Containers finalized recently, so their late events do not start a new state.
     finished: VecDeque<u64>,
-    records: Records,
-    dirty: bool,
+    pub(super) records: Records,
+    pub(super) pods: PodIndex,
+    pub(super) dirty: bool,
+    /// Namespaces the pod gauges were last set for (to zero them when emptied).
+    pub(super) gauge_namespaces: Vec<String>,
 }
 
 impl Tracker {
@@ -163,7 +209,9 @@ impl Tracker {
             containers: HashMap::new(),
             finished: VecDeque::new(),
             records,
+            pods: PodIndex::default(),
             dirty: true,
+            gauge_namespaces: Vec::new(),
         }
     }
 
@@ -171,15 +219,56 @@ impl Tracker {
         self.clock = clock;
     }
 
+    /// Metric labels and container name: from the pod index in Kubernetes mode (a
+    /// container of a known pod that is none of its containers is the sandbox, "POD"),
+    /// else namespace and workload empty and the 12-character id.
+    fn labels_for(&self, info: &ContainerInfo) -> (ContainerLabels, Option<String>) {
+        let pod = info
+            .cgroup
+            .pod_uid
+            .as_deref()
+            .and_then(|u| self.pods.get(u));
+        match pod {
+            Some(p) => {
+                let name = p
+                    .info
+                    .container_by_id(&info.cgroup.container_id)
+                    .map(|c| c.name.clone())
+                    .unwrap_or_else(|| "POD".to_string());
+                let labels = ContainerLabels {
+                    namespace: p.info.namespace.clone(),
+                    workload: p.info.workload.clone(),
+                    container: name.clone(),
+                };
+                (labels, Some(name))
+            }
+            None => (
+                ContainerLabels {
+                    container: info.short_id().to_string(),
+                    ..Default::default()
+                },
+                None,
+            ),
+        }
+    }
+
+    fn new_state(&self, info: Arc<ContainerInfo>) -> ContainerState {
+        let (labels, name) = self.labels_for(&info);
+        ContainerState::new(info, labels, name)
+    }
+
     /// A container found by a cgroup walk, with the processes already in it.
     pub fn observe_container(&mut self, info: Arc<ContainerInfo>, procs: &[SeedProcess]) {
         if self.finished.contains(&info.cgroup_id) {
             return;
         }
-        let state = self
-            .containers
-            .entry(info.cgroup_id)
-            .or_insert_with(|| ContainerState::new(info));
+        if !self.containers.contains_key(&info.cgroup_id) {
+            let state = self.new_state(info.clone());
+            self.containers.insert(info.cgroup_id, state);
+        }
+        let Some(state) = self.containers.get_mut(&info.cgroup_id) else {
+            return;
+        };
         let mut sorted: Vec<&SeedProcess> = procs.iter().collect();
         sorted.sort_by_key(|p| (p.ns_tgid != 1, p.tgid));
         for p in sorted {
@@ -202,64 +291,84 @@ impl Tracker {
         if self.finished.contains(&id) {
             return;
         }
+        if !self.containers.contains_key(&id) {
+            let state = self.new_state(info.clone());
+            self.containers.insert(id, state);
+        }
         let clock = self.clock;
         let metrics = self.metrics.clone();
-        let c = self
-            .containers
-            .entry(id)
-            .or_insert_with(|| ContainerState::new(info.clone()));
+        let Some(c) = self.containers.get_mut(&id) else {
+            return;
+        };
         c.last_event_ns = c.last_event_ns.max(ev.header().ktime_ns);
         match ev {
-            KernelEvent::Exec(e) => {
-                let h = &e.header;
-                let mut comm = comm_str(&h.comm);
-                if c.recording() {
-                    // Only while terminating (not a hot path): a program that renames
-                    // itself after exec (busybox applets exec /proc/self/exe) is shown
-                    // by the name it took.
-                    if let Ok(now) = std::fs::read_to_string(format!("/proc/{}/comm", h.tgid)) {
-                        comm = now.trim_end().to_string();
-                    }
-                }
-                c.add_proc(h.tgid, h.ns_tgid, h.ns_level, comm.clone());
-                if c.recording() || c.is_pid1(h.tgid) {
-                    let role = if c.is_pid1(h.tgid) {
-                        "PID 1"
-                    } else {
-                        "process"
-                    };
-                    let detail = format!("{role} exec'd {comm} (pid {} in container)", h.ns_tgid);
-                    c.note(h.ktime_ns, "exec", detail, &clock);
-                }
-            }
+            KernelEvent::Exec(e) => on_exec(c, e, &clock),
             KernelEvent::Signal(s) => on_signal(c, s, &metrics, &clock),
-            KernelEvent::Deliver(d) => {
-                let h = &d.header;
-                if c.is_pid1(h.tgid) {
-                    refresh_pid1_comm(c, &h.comm);
-                }
-                if c.recording() && (d.sig == SIGTERM || d.sig == SIGKILL || c.is_pid1(h.tgid)) {
-                    let how = match d.sa_handler {
-                        _ if d.sig == SIGKILL => "cannot be caught: the process dies",
-                        handler::SIG_DFL => "default action",
-                        handler::SIG_IGN => "ignored (SIG_IGN)",
-                        _ => "handled by the process's own handler",
-                    };
-                    let detail = format!(
-                        "{} delivered to {} (pid {} in container): {how}",
-                        signal_name(d.sig),
-                        comm_str(&h.comm),
-                        h.ns_tgid
-                    );
-                    c.note(h.ktime_ns, "signal_delivered", detail, &clock);
-                }
-            }
+            KernelEvent::Deliver(d) => on_deliver(c, d, &clock),
             KernelEvent::Exit(e) => on_exit(c, e, &clock),
         }
         self.dirty = true;
     }
 
-    /// Finalizes containers that are done; returns whether anything changed.
+    /// An update from the Kubernetes watchers.
+    pub fn kube(&mut self, update: KubeUpdate) {
+        let clock = self.clock;
+        for change in self.pods.apply(update, &clock) {
+            match change {
+                PodChange::None => {}
+                PodChange::Updated(uid) => self.relabel(&uid),
+                PodChange::Deleting(uid) => {
+                    self.relabel(&uid);
+                    if let Some(p) = self.pods.get(&uid) {
+                        self.records.open_pod(p);
+                    }
+                }
+                PodChange::Removed(uid) => self.try_complete(&uid),
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// Pod names may arrive after the container's first events: relabel its containers
+    /// (cached counters carry labels, so they are dropped when labels change).
+    fn relabel(&mut self, uid: &str) {
+        let ids: Vec<u64> = self
+            .containers
+            .iter()
+            .filter(|(_, c)| c.info.cgroup.pod_uid.as_deref() == Some(uid))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(info) = self.containers.get(&id).map(|c| c.info.clone()) else {
+                continue;
+            };
+            let (labels, name) = self.labels_for(&info);
+            if let Some(c) = self.containers.get_mut(&id) {
+                if c.labels != labels {
+                    c.signal_counters.clear();
+                    c.labels = labels;
+                }
+                c.name = name;
+            }
+        }
+    }
+
+    fn try_complete(&mut self, key: &str) {
+        let others_pending = self
+            .containers
+            .values()
+            .any(|o| o.terminating_since.is_some() && record_key(&o.info) == key);
+        self.records.try_complete(
+            key,
+            others_pending,
+            self.pods.get(key),
+            &self.metrics,
+            &self.clock,
+        );
+    }
+
+    /// Finalizes containers that are done and refreshes the pod gauges; returns whether
+    /// anything changed.
     pub fn tick(&mut self, now_ns: u64) -> bool {
         let linger = self.opts.linger_ns;
         let done: Vec<u64> = self
@@ -272,7 +381,7 @@ impl Tracker {
             .map(|(id, _)| *id)
             .collect();
         for id in done {
-            let Some(c) = self.containers.remove(&id) else {
+            let Some(mut c) = self.containers.remove(&id) else {
                 continue;
             };
             if c.terminating_since.is_none() {
@@ -283,26 +392,25 @@ impl Tracker {
             if self.finished.len() > 4096 {
                 self.finished.pop_front();
             }
-            let key = record_key(&c.info);
-            let others_pending = self
-                .containers
-                .values()
-                .any(|o| o.terminating_since.is_some() && record_key(&o.info) == key);
+            c.check_orphans();
+            let key = record_key(&c.info).to_string();
             self.records
-                .finalize(c, others_pending, &self.metrics, &self.clock);
+                .finalize(c, self.pods.get(&key), &self.metrics, &self.clock);
+            self.try_complete(&key);
             self.dirty = true;
         }
+        self.update_pod_gauges(now_ns);
         self.dirty
     }
 
     /// A new snapshot when something changed since the last one.
-    pub fn snapshot(&mut self) -> Option<Arc<Snapshot>> {
+    pub fn snapshot(&mut self, now_ns: u64) -> Option<Arc<Snapshot>> {
         if !self.dirty {
             return None;
         }
         self.dirty = false;
         let mut terminations: Vec<Arc<Termination>> = self.records.completed().cloned().collect();
-        terminations.extend(self.records.in_progress(&self.containers, &self.clock));
+        terminations.extend(self.in_progress(now_ns));
         Some(Arc::new(Snapshot { terminations }))
     }
 
@@ -440,6 +548,50 @@ fn on_signal(
             _ => "signal",
         };
         c.note(h.ktime_ns, what, detail, clock);
+    }
+}
+
+fn on_exec(c: &mut ContainerState, e: &agent_ebpf::ExecEvent, clock: &Clock) {
+    let h = &e.header;
+    let mut comm = comm_str(&h.comm);
+    if c.recording() {
+        // Only while terminating (not a hot path): a program that renames itself after
+        // exec (busybox applets exec /proc/self/exe) is shown by the name it took.
+        if let Ok(now) = std::fs::read_to_string(format!("/proc/{}/comm", h.tgid)) {
+            comm = now.trim_end().to_string();
+        }
+    }
+    c.add_proc(h.tgid, h.ns_tgid, h.ns_level, comm.clone());
+    if c.recording() || c.is_pid1(h.tgid) {
+        let role = if c.is_pid1(h.tgid) {
+            "PID 1"
+        } else {
+            "process"
+        };
+        let detail = format!("{role} exec'd {comm} (pid {} in container)", h.ns_tgid);
+        c.note(h.ktime_ns, "exec", detail, clock);
+    }
+}
+
+fn on_deliver(c: &mut ContainerState, d: &agent_ebpf::SignalDeliverEvent, clock: &Clock) {
+    let h = &d.header;
+    if c.is_pid1(h.tgid) {
+        refresh_pid1_comm(c, &h.comm);
+    }
+    if c.recording() && (d.sig == SIGTERM || d.sig == SIGKILL || c.is_pid1(h.tgid)) {
+        let how = match d.sa_handler {
+            _ if d.sig == SIGKILL => "cannot be caught: the process dies",
+            handler::SIG_DFL => "default action",
+            handler::SIG_IGN => "ignored (SIG_IGN)",
+            _ => "handled by the process's own handler",
+        };
+        let detail = format!(
+            "{} delivered to {} (pid {} in container): {how}",
+            signal_name(d.sig),
+            comm_str(&h.comm),
+            h.ns_tgid
+        );
+        c.note(h.ktime_ns, "signal_delivered", detail, clock);
     }
 }
 

@@ -1,0 +1,324 @@
+//! What Gracewatch keeps of a Kubernetes Pod: converted once, on arrival, from the API
+//! object into a small model (identity, workload, grace, hooks, container ids, deletion
+//! and terminated state). Missing required fields are errors, never guessed.
+
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use time::OffsetDateTime;
+
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+pub const DEFAULT_GRACE_SECONDS: i64 = 30;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModelError {
+    #[error("pod without metadata.{0}")]
+    MissingField(&'static str),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PreStop {
+    Exec(Vec<String>),
+    HttpGet(String),
+    Sleep(i64),
+    TcpSocket,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerModel {
+    pub name: String,
+    pub prestop: Option<PreStop>,
+    /// Runtime container id without its `containerd://` scheme, once started.
+    pub container_id: Option<String>,
+    pub terminated: Option<Terminated>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Terminated {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    /// `<kind>/<name>` of the controlling workload ("deployment/web"), or "" for none.
+    pub workload: String,
+    pub ips: Vec<String>,
+    pub deletion_timestamp: Option<OffsetDateTime>,
+    pub deletion_grace_seconds: Option<i64>,
+    pub termination_grace_seconds: i64,
+    pub finalizers: Vec<String>,
+    pub containers: Vec<ContainerModel>,
+}
+
+impl PodInfo {
+    /// The grace kubelet applies: the deletion's, else the spec's, else 30 s.
+    pub fn effective_grace_seconds(&self) -> i64 {
+        self.deletion_grace_seconds
+            .unwrap_or(self.termination_grace_seconds)
+    }
+
+    pub fn container_by_id(&self, id: &str) -> Option<&ContainerModel> {
+        self.containers
+            .iter()
+            .find(|c| c.container_id.as_deref() == Some(id))
+    }
+}
+
+pub fn pod_info(pod: &Pod) -> Result<PodInfo, ModelError> {
+    let meta = &pod.metadata;
+    let uid = meta.uid.clone().ok_or(ModelError::MissingField("uid"))?;
+    let name = meta.name.clone().ok_or(ModelError::MissingField("name"))?;
+    let namespace = meta
+        .namespace
+        .clone()
+        .ok_or(ModelError::MissingField("namespace"))?;
+    let spec = pod.spec.as_ref();
+    let status = pod.status.as_ref();
+    let statuses: Vec<&ContainerStatus> = status
+        .into_iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .collect();
+    let containers = spec
+        .map(|s| {
+            s.containers
+                .iter()
+                .map(|c| container(c, &statuses))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(PodInfo {
+        uid,
+        namespace,
+        name,
+        workload: workload(meta),
+        ips: status
+            .and_then(|s| s.pod_ips.as_ref())
+            .map(|ips| ips.iter().map(|i| i.ip.clone()).collect())
+            .unwrap_or_default(),
+        deletion_timestamp: meta
+            .deletion_timestamp
+            .as_ref()
+            .and_then(|t| to_datetime(&t.0)),
+        deletion_grace_seconds: meta.deletion_grace_period_seconds,
+        termination_grace_seconds: spec
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(DEFAULT_GRACE_SECONDS),
+        finalizers: meta.finalizers.clone().unwrap_or_default(),
+        containers,
+    })
+}
+
+fn container(c: &Container, statuses: &[&ContainerStatus]) -> ContainerModel {
+    let status = statuses.iter().find(|s| s.name == c.name);
+    let hook = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
+    let prestop = hook.and_then(|h| {
+        if let Some(e) = &h.exec {
+            Some(PreStop::Exec(e.command.clone().unwrap_or_default()))
+        } else if let Some(g) = &h.http_get {
+            Some(PreStop::HttpGet(g.path.clone().unwrap_or_default()))
+        } else if let Some(s) = &h.sleep {
+            Some(PreStop::Sleep(s.seconds))
+        } else {
+            h.tcp_socket.as_ref().map(|_| PreStop::TcpSocket)
+        }
+    });
+    ContainerModel {
+        name: c.name.clone(),
+        prestop,
+        container_id: status
+            .and_then(|s| s.container_id.as_deref())
+            .map(strip_scheme),
+        terminated: status
+            .and_then(|s| s.state.as_ref())
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| Terminated {
+                exit_code: t.exit_code,
+                signal: t.signal,
+                reason: t.reason.clone(),
+            }),
+    }
+}
+
+/// An API timestamp as the `time` crate's type the rest of the agent uses.
+pub fn to_datetime(t: &k8s_openapi::jiff::Timestamp) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(t.as_nanosecond()).ok()
+}
+
+/// `containerd://abc` → `abc` (also cri-o://, docker://).
+pub fn strip_scheme(id: &str) -> String {
+    id.split_once("://")
+        .map_or(id, |(_, rest)| rest)
+        .to_string()
+}
+
+/// The controlling workload from owner references and labels alone (no API calls): a
+/// ReplicaSet stands for its Deployment (its name less the `pod-template-hash`), a Job
+/// named `<cronjob>-<scheduled minute>` for its CronJob. Bounded cardinality: no
+/// controller → "".
+pub fn workload(meta: &ObjectMeta) -> String {
+    let Some(owner) = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+    else {
+        return String::new();
+    };
+    let hash = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-hash"));
+    match owner.kind.as_str() {
+        "ReplicaSet" => match hash.and_then(|h| owner.name.strip_suffix(&format!("-{h}"))) {
+            Some(deployment) => format!("deployment/{deployment}"),
+            None => format!("replicaset/{}", owner.name),
+        },
+        "Job" => match cronjob_of(&owner.name) {
+            Some(cron) => format!("cronjob/{cron}"),
+            None => format!("job/{}", owner.name),
+        },
+        "StatefulSet" | "DaemonSet" | "ReplicationController" => {
+            format!("{}/{}", owner.kind.to_ascii_lowercase(), owner.name)
+        }
+        // A Node owns mirror (static) pods; anything else is someone's custom controller.
+        "Node" => String::new(),
+        other => format!("{}/{}", other.to_ascii_lowercase(), owner.name),
+    }
+}
+
+/// CronJob controllers name Jobs `<cronjob>-<minutes since the epoch>` (8+ digits today).
+fn cronjob_of(job: &str) -> Option<&str> {
+    let (base, suffix) = job.rsplit_once('-')?;
+    (suffix.len() >= 8 && suffix.bytes().all(|b| b.is_ascii_digit()) && !base.is_empty())
+        .then_some(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn meta(kind: &str, owner: &str, hash: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            owner_references: Some(vec![OwnerReference {
+                kind: kind.into(),
+                name: owner.into(),
+                controller: Some(true),
+                ..Default::default()
+            }]),
+            labels: hash.map(|h| [("pod-template-hash".to_string(), h.to_string())].into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn workloads_from_owner_references() {
+        assert_eq!(
+            workload(&meta("ReplicaSet", "web-7d4b9c8f6", Some("7d4b9c8f6"))),
+            "deployment/web"
+        );
+        assert_eq!(
+            workload(&meta("ReplicaSet", "web-7d4b9c8f6", None)),
+            "replicaset/web-7d4b9c8f6"
+        );
+        assert_eq!(workload(&meta("StatefulSet", "db", None)), "statefulset/db");
+        assert_eq!(
+            workload(&meta("DaemonSet", "agent", None)),
+            "daemonset/agent"
+        );
+        assert_eq!(
+            workload(&meta("Job", "backup-29433600", None)),
+            "cronjob/backup"
+        );
+        assert_eq!(workload(&meta("Job", "migrate", None)), "job/migrate");
+        assert_eq!(workload(&meta("Node", "node-a", None)), "");
+        assert_eq!(workload(&ObjectMeta::default()), "");
+    }
+
+    fn pod_json(extra_meta: serde_json::Value) -> Pod {
+        let mut v = serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": "u-1"},
+            "spec": {
+                "terminationGracePeriodSeconds": 20,
+                "containers": [
+                    {"name": "app", "lifecycle": {"preStop": {"sleep": {"seconds": 5}}}},
+                    {"name": "side", "lifecycle": {"preStop": {"exec": {"command": ["/bin/drain"]}}}}
+                ]
+            },
+            "status": {
+                "podIPs": [{"ip": "10.0.0.7"}],
+                "containerStatuses": [
+                    {"name": "app", "containerID": "containerd://abc", "image": "", "imageID": "",
+                     "ready": false, "restartCount": 0,
+                     "state": {"terminated": {"exitCode": 137, "reason": "Error", "signal": 9}}},
+                    {"name": "side", "image": "", "imageID": "", "ready": true, "restartCount": 0}
+                ]
+            }
+        });
+        if let (Some(m), Some(extra)) = (v["metadata"].as_object_mut(), extra_meta.as_object()) {
+            m.extend(extra.clone());
+        }
+        serde_json::from_value(v).expect("pod")
+    }
+
+    #[test]
+    fn converts_a_pod() {
+        let p = pod_info(&pod_json(serde_json::json!({
+            "deletionTimestamp": "2026-11-22T10:00:30Z",
+            "deletionGracePeriodSeconds": 10,
+            "finalizers": ["example.com/hold"]
+        })))
+        .expect("convert");
+        assert_eq!(
+            (p.namespace.as_str(), p.name.as_str(), p.uid.as_str()),
+            ("shop", "web-1", "u-1")
+        );
+        assert_eq!(p.effective_grace_seconds(), 10);
+        assert_eq!(p.termination_grace_seconds, 20);
+        assert_eq!(p.ips, ["10.0.0.7"]);
+        assert_eq!(p.finalizers, ["example.com/hold"]);
+        assert_eq!(p.containers[0].prestop, Some(PreStop::Sleep(5)));
+        assert_eq!(
+            p.containers[1].prestop,
+            Some(PreStop::Exec(vec!["/bin/drain".into()]))
+        );
+        let app = p.container_by_id("abc").expect("by id");
+        assert_eq!(app.name, "app");
+        assert_eq!(
+            app.terminated.as_ref().map(|t| (t.exit_code, t.signal)),
+            Some((137, Some(9)))
+        );
+        assert_eq!(p.containers[1].container_id, None);
+        assert!(p.deletion_timestamp.is_some());
+    }
+
+    #[test]
+    fn missing_identity_is_an_error() {
+        let mut pod = pod_json(serde_json::json!({}));
+        pod.metadata.uid = None;
+        assert_eq!(pod_info(&pod), Err(ModelError::MissingField("uid")));
+        let bare = Pod {
+            metadata: ObjectMeta {
+                uid: Some("u".into()),
+                name: Some("n".into()),
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let p = pod_info(&bare).expect("a pod without spec or status still converts");
+        assert_eq!(p.effective_grace_seconds(), DEFAULT_GRACE_SECONDS);
+        assert!(p.containers.is_empty());
+    }
+
+    #[test]
+    fn container_ids_lose_their_scheme() {
+        assert_eq!(strip_scheme("containerd://abc"), "abc");
+        assert_eq!(strip_scheme("cri-o://abc"), "abc");
+        assert_eq!(strip_scheme("abc"), "abc");
+    }
+}
