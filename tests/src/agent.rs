@@ -37,13 +37,34 @@ pub struct Agent {
 impl Agent {
     /// Starts `gracewatch run --standalone` with extra flags and waits until it is ready.
     pub fn start_standalone(extra: &[&str]) -> anyhow::Result<Agent> {
+        let mut args = vec!["--standalone"];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
+    /// Starts `gracewatch run` in Kubernetes mode against a kubeconfig, as node `node`.
+    pub fn start_kubernetes(
+        kubeconfig: &std::path::Path,
+        node: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Agent> {
+        let kc = kubeconfig
+            .to_str()
+            .context("kubeconfig path is not UTF-8")?;
+        let mut args = vec!["--kubeconfig", kc, "--node-name", node];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
+    /// Starts `gracewatch run <args> --listen <free port>` and waits until it is ready.
+    pub fn start(args: &[&str]) -> anyhow::Result<Agent> {
         let addr = free_port()?;
         let log = std::env::temp_dir().join(format!("gracewatch-agent-{}.log", addr.port()));
         let log_file = std::fs::File::create(&log)?;
         let bin = binary();
         let child = Command::new(&bin)
-            .args(["run", "--standalone", "--listen", &addr.to_string()])
-            .args(extra)
+            .args(["run", "--listen", &addr.to_string()])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -95,7 +116,16 @@ impl Agent {
 
     /// The terminations of a container (by id prefix), as JSON values.
     pub fn terminations_of(&self, container_id: &str) -> anyhow::Result<Vec<Value>> {
-        let (status, body) = self.get(&format!("/debug/terminations/container/{container_id}"))?;
+        self.terminations_at(&format!("/debug/terminations/container/{container_id}"))
+    }
+
+    /// The terminations of a pod `namespace/name`, as JSON values.
+    pub fn terminations_of_pod(&self, namespace: &str, pod: &str) -> anyhow::Result<Vec<Value>> {
+        self.terminations_at(&format!("/debug/terminations/{namespace}/{pod}"))
+    }
+
+    fn terminations_at(&self, path: &str) -> anyhow::Result<Vec<Value>> {
+        let (status, body) = self.get(path)?;
         if status == 404 {
             return Ok(Vec::new());
         }
@@ -103,17 +133,34 @@ impl Agent {
         Ok(v["terminations"].as_array().cloned().unwrap_or_default())
     }
 
+    /// Waits until the pod's termination is completed, and returns it.
+    pub fn wait_pod_completed(
+        &self,
+        namespace: &str,
+        pod: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        self.wait_for(&format!("/debug/terminations/{namespace}/{pod}"), timeout)
+    }
+
     /// Waits until the container's termination is completed, and returns it.
     pub fn wait_completed(&self, container_id: &str, timeout: Duration) -> anyhow::Result<Value> {
+        self.wait_for(
+            &format!("/debug/terminations/container/{container_id}"),
+            timeout,
+        )
+    }
+
+    fn wait_for(&self, path: &str, timeout: Duration) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            let ts = self.terminations_of(container_id)?;
+            let ts = self.terminations_at(path)?;
             if let Some(t) = ts.iter().find(|t| t["state"] == "completed") {
                 return Ok(t.clone());
             }
             if Instant::now() > deadline {
                 bail!(
-                    "no completed termination for {container_id} after {timeout:?}; have {ts:?}\nagent log:\n{}",
+                    "no completed termination at {path} after {timeout:?}; have {ts:?}\nagent log:\n{}",
                     self.log_text()
                 );
             }
@@ -123,8 +170,13 @@ impl Agent {
 
     /// `gracewatch explain container/<id>` against this agent: its stdout.
     pub fn explain(&self, container_id: &str) -> anyhow::Result<String> {
+        self.explain_target(&format!("container/{container_id}"))
+    }
+
+    /// `gracewatch explain <target>` against this agent: its stdout.
+    pub fn explain_target(&self, target: &str) -> anyhow::Result<String> {
         let out = Command::new(binary())
-            .args(["explain", &format!("container/{container_id}"), "--agent"])
+            .args(["explain", target, "--agent"])
             .arg(format!("http://{}", self.addr))
             .output()?;
         if !out.status.success() {

@@ -3,4 +3,6 @@
 //! real runc containers placed in kubelet-style cgroups.
 
 pub mod agent;
+pub mod apiserver;
 pub mod runc;
+pub mod kubelet;

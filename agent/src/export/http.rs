@@ -113,15 +113,34 @@ fn route_path(state: &HttpState, is_get: bool, path: &str) -> Response<Full<Byte
                 },
             )
         }
-        p => match p.strip_prefix("/debug/terminations/container/") {
-            Some(prefix) => container(state, prefix),
-            None => reply(
+        p => match p.strip_prefix("/debug/terminations/").map(|r| r.split_once('/')) {
+            Some(Some(("container", prefix))) => container(state, prefix),
+            Some(Some((ns, pod))) if !ns.is_empty() && !pod.is_empty() && !pod.contains('/') => {
+                pod_terminations(state, ns, pod)
+            }
+            _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                format!("no such endpoint: {p}\n"),
+                format!("no such endpoint: {p} (try /debug/terminations/<namespace>/<pod> or /debug/terminations/container/<id-prefix>)\n"),
             ),
         },
     }
+}
+
+fn pod_terminations(state: &HttpState, ns: &str, pod: &str) -> Response<Full<Bytes>> {
+    let snap = state.snapshot.borrow().clone();
+    let found = snap.by_pod(ns, pod);
+    let status = if found.is_empty() {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    };
+    json(
+        status,
+        &TerminationsBody {
+            terminations: found,
+        },
+    )
 }
 
 fn container(state: &HttpState, prefix: &str) -> Response<Full<Bytes>> {

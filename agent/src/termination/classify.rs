@@ -75,6 +75,9 @@ pub struct ContainerFacts {
     /// A SIGKILL raised by the kernel itself (SI_KERNEL) that was not the PID-namespace
     /// teardown following PID 1's death: the OOM killer.
     pub kernel_sigkill: Option<SignalFact>,
+    /// The termination began before the agent was watching (Kubernetes mode: the pod was
+    /// deleted before the agent started): the absence of an early SIGTERM proves nothing.
+    pub partial: bool,
     /// Processes (by name) that were alive when SIGTERM reached PID 1, never received a
     /// SIGTERM themselves, and were then SIGKILLed (by the runtime or by the kernel when
     /// PID 1 died): they had no chance to shut down.
@@ -99,6 +102,7 @@ pub fn outcome(f: &ContainerFacts) -> Outcome {
             } else if let Some(kill) = &f.external_sigkill {
                 match &f.first_sigterm {
                     Some(term) if term.at_ns <= kill.at_ns => Outcome::ForcedKill,
+                    _ if f.partial => Outcome::Unknown,
                     _ => Outcome::KilledWithoutSigterm,
                 }
             } else {
@@ -106,6 +110,7 @@ pub fn outcome(f: &ContainerFacts) -> Outcome {
             }
         }
         _ if f.first_sigterm.is_some() => Outcome::Graceful,
+        _ if f.partial => Outcome::Unknown,
         Some(_) => Outcome::Crashed,
         None => Outcome::SelfExit,
     }
@@ -343,6 +348,34 @@ mod tests {
             "SIGKILL from nowhere seen"
         );
         assert_eq!(outcome(&ContainerFacts::default()), Outcome::Unknown);
+    }
+
+    #[test]
+    fn what_happened_before_the_agent_started_is_not_invented() {
+        let f = ContainerFacts {
+            external_sigkill: sig(5, "runc"),
+            partial: true,
+            ..killed(9, 6)
+        };
+        assert_eq!(
+            outcome(&f),
+            Outcome::Unknown,
+            "the SIGTERM may have come before we watched"
+        );
+        let exited = ContainerFacts {
+            partial: true,
+            ..exited(0, 6)
+        };
+        assert_eq!(outcome(&exited), Outcome::Unknown);
+        let seen = ContainerFacts {
+            first_sigterm: sig(4, "runc"),
+            ..f
+        };
+        assert_eq!(
+            outcome(&seen),
+            Outcome::ForcedKill,
+            "what was seen still counts"
+        );
     }
 
     #[test]

@@ -40,9 +40,10 @@ impl PodFacts {
         self.members.iter().filter_map(|m| m.last_exit_ns).max()
     }
 
-    /// When the hooks started: kubelet's Killing event, else the deletion.
+    /// When kubelet started the hooks: at the deletion it observed, within milliseconds
+    /// (its Killing Event carries whole seconds only, so it is the fallback).
     pub fn hooks_start_ns(&self) -> Option<u64> {
-        self.killing_ns.or(self.deletion_ns)
+        self.deletion_ns.or(self.killing_ns)
     }
 
     /// Deletion → endpoint leaving its Services.
@@ -82,8 +83,9 @@ pub fn pod_diagnoses(f: &PodFacts) -> Vec<(Option<String>, Diagnosis)> {
         );
         let lag = secs(down.saturating_sub(term));
         let deletion_lag = f.endpoint_lag_ns().map(secs).unwrap_or(0.0);
-        // The sleep must cover the deletion → endpoint removal lag, with margin.
-        let sleep = (deletion_lag + 1.0).ceil().max(lag.ceil() + 1.0) as u64;
+        // The sleep must cover the deletion → endpoint removal lag, with half a second of
+        // margin, in the whole seconds preStop takes.
+        let sleep = (deletion_lag.max(lag) + 0.5).ceil() as u64;
         out.push((
             None,
             Diagnosis {
@@ -213,7 +215,7 @@ mod tests {
             d[0].1.message
         );
         assert!(
-            d[0].1.message.contains("preStop: sleep: seconds: 5"),
+            d[0].1.message.contains("preStop: sleep: seconds: 4"),
             "{}",
             d[0].1.message
         );
@@ -233,10 +235,10 @@ mod tests {
             members: vec![member(Some(5 * S), Some(7 * S), true)],
             ..Default::default()
         };
-        assert_eq!(f.prestop_ns(&f.members[0]), Some(5 * S - S / 10));
+        assert_eq!(f.prestop_ns(&f.members[0]), Some(5 * S));
         let d = pod_diagnoses(&f);
         assert_eq!(d[0].1.code, Code::PrestopExceededGrace);
-        assert!(d[0].1.message.contains("took 4.900s of the 5s grace period, leaving only 2.000s between SIGTERM and SIGKILL"), "{}", d[0].1.message);
+        assert!(d[0].1.message.contains("took 5.000s of the 5s grace period, leaving only 2.000s between SIGTERM and SIGKILL"), "{}", d[0].1.message);
         // Plenty of SIGTERM window: no finding.
         let fine = PodFacts {
             members: vec![member(Some(S), Some(20 * S), true)],

@@ -138,10 +138,10 @@ impl PodIndex {
                     Some(s) => s.terminating && !prev.is_some_and(|p| p.terminating),
                     None => prev.is_some(),
                 };
-                let what = if left {
-                    "endpoint_removed"
-                } else {
-                    "endpoint_changed"
+                let what = match (left, state) {
+                    (true, Some(_)) => "endpoint_terminating",
+                    (_, None) => "endpoint_removed",
+                    (false, Some(_)) => "endpoint_changed",
                 };
                 if left && p.endpoint_down_ns.is_none() {
                     p.endpoint_down_ns = Some(at_ns);

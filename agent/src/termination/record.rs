@@ -171,11 +171,12 @@ impl Records {
     /// pod's record.
     pub(super) fn finalize(
         &mut self,
-        c: ContainerState,
+        mut c: ContainerState,
         pod: Option<&PodState>,
         metrics: &Metrics,
         clock: &Clock,
     ) {
+        c.facts.partial |= pod.is_some_and(|p| p.deleted_before_agent);
         let outcome = classify::outcome(&c.facts);
         let l = &c.labels;
         metrics
@@ -310,6 +311,9 @@ impl Records {
         if let Some(p) = pod {
             rec.timeline.extend(p.timeline.iter().cloned());
         }
+        if let Some(f) = &facts {
+            rec.timeline.extend(prestop_entries(f, clock));
+        }
         rec.timeline.sort_by_key(|e| e.at_ns);
         Termination {
             namespace: pod.map(|p| p.info.namespace.clone()),
@@ -349,4 +353,39 @@ impl Records {
     pub(super) fn open_started(&self, key: &str) -> Option<u64> {
         self.open.get(key).and_then(|r| r.started_ns)
     }
+}
+
+/// preStop start and end, inferred from the deletion and the container's SIGTERM (an exec
+/// hook's own processes show up as `exec` entries between the two).
+fn prestop_entries(f: &PodFacts, clock: &Clock) -> Vec<TimelineEntry> {
+    let mut out = Vec::new();
+    let Some(start) = f.hooks_start_ns() else {
+        return out;
+    };
+    for m in f.members.iter().filter(|m| m.has_prestop) {
+        let kind = m.prestop_kind.unwrap_or("hook");
+        let entry = |at_ns: u64, what: &str, detail: String| TimelineEntry {
+            at: clock.rfc3339(at_ns),
+            what: what.to_string(),
+            container: Some(m.name.clone()),
+            detail,
+            at_ns,
+        };
+        out.push(entry(
+            start,
+            "prestop_started",
+            format!(
+                "preStop {kind} hook of {} started (inferred: kubelet runs it on deletion)",
+                m.name
+            ),
+        ));
+        if let Some(term) = m.sigterm_ns {
+            out.push(entry(
+                term,
+                "prestop_finished",
+                format!("preStop {kind} hook of {} finished after {:.3}s (inferred: SIGTERM follows the hook)", m.name, secs(term.saturating_sub(start))),
+            ));
+        }
+    }
+    out
 }

@@ -1,0 +1,634 @@
+//! End-to-end, as root: the real `gracewatch run` in Kubernetes mode, talking through
+//! the real kube client to the fake API server, while the kubelet emulator runs pods as
+//! real runc containers and deletes them the way kubelet does. Each test asserts what a
+//! user reads: `/debug/terminations/<ns>/<pod>`, `gracewatch explain`, `/metrics`.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use gracewatch_tests::{
+    agent::{Agent, Metrics},
+    apiserver::{ApiServer, Resource, Verb},
+    kubelet::{ContainerDef, DeleteOptions, DeleteReport, Hook, Node, PodDef},
+    runc::sweep_stale,
+};
+use serde_json::Value;
+
+const NODE: &str = "node-a";
+const WAIT: Duration = Duration::from_secs(30);
+/// The agent's times must match the emulator's own clock this closely.
+const TOLERANCE: f64 = 0.05;
+
+struct Cluster {
+    api: Arc<ApiServer>,
+    node: Node,
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "run as root (cargo xtask test)"
+        );
+        sweep_stale().expect("sweep leftovers of an earlier run");
+        let api = Arc::new(ApiServer::start().expect("api server"));
+        let kubeconfig =
+            std::env::temp_dir().join(format!("gracewatch-kubeconfig-{}", api.addr().port()));
+        api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        let node = Node::new(api.clone(), NODE);
+        Cluster {
+            api,
+            node,
+            kubeconfig,
+        }
+    }
+
+    fn agent(&self) -> Agent {
+        Agent::start_kubernetes(&self.kubeconfig, NODE, &["--stuck-margin-seconds", "2"])
+            .expect("agent")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+    }
+}
+
+fn web(name: &str, script: &str) -> PodDef {
+    let mut def = PodDef::new("shop", name, vec![ContainerDef::shell("app", script)]);
+    def.deployment = Some("web".into());
+    def.service = Some("web".into());
+    def.grace_seconds = 3;
+    def
+}
+
+fn codes(t: &Value) -> Vec<String> {
+    t["diagnoses"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|d| d["code"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn whats(t: &Value) -> Vec<String> {
+    t["timeline"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|e| e["what"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn count(t: &Value, what: &str) -> usize {
+    whats(t).iter().filter(|w| *w == what).count()
+}
+
+fn container<'a>(t: &'a Value, name: &str) -> &'a Value {
+    t["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+/// The histogram's sum for one series (a single observation: the value itself).
+fn observed(m: &Metrics, name: &str, labels: &str) -> Option<f64> {
+    m.value(&format!("{name}_sum{{{labels}}}"))
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn near(agent: f64, emulator: f64, what: &str) {
+    assert!(
+        (agent - emulator).abs() <= TOLERANCE,
+        "{what}: agent {agent:.4}s vs emulator {emulator:.4}s"
+    );
+}
+
+fn sigterm_to_kill(r: &DeleteReport, c: &str) -> f64 {
+    let s = &r.container(c).expect("container report").stop;
+    let kill = s.kill.as_ref().expect("SIGKILL sent");
+    (kill.before.boottime_ns - s.term.after.boottime_ns) as f64 / 1e9
+}
+
+fn since(r: &DeleteReport, stamp_ns: u64) -> f64 {
+    (stamp_ns - r.requested.boottime_ns) as f64 / 1e9
+}
+
+fn exec_sigterm(r: &DeleteReport, c: &str) -> u64 {
+    r.container(c)
+        .expect("container report")
+        .stop
+        .term
+        .before
+        .boottime_ns
+}
+
+#[test]
+fn graceful_pod_with_prestop_covering_the_endpoint_lag() {
+    let k = Cluster::new();
+    let agent = k.agent();
+    let mut def = web(
+        "web-1",
+        "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+    );
+    def.grace_seconds = 5;
+    def.containers[0].prestop = Some(Hook::Sleep(Duration::from_secs(1)));
+    let pod = k.node.run_pod(def).expect("pod");
+    std::thread::sleep(Duration::from_millis(500));
+    let report = k
+        .node
+        .delete_pod(
+            &pod,
+            &DeleteOptions {
+                endpoint_lag: Duration::from_millis(200),
+                ..Default::default()
+            },
+        )
+        .expect("delete");
+
+    let t = agent
+        .wait_pod_completed("shop", "web-1", WAIT)
+        .expect("termination");
+    assert_eq!(t["uid"], pod.uid.as_str());
+    assert_eq!(t["grace_period_seconds"], 5.0);
+    let app = container(&t, "app");
+    assert_eq!(app["outcome"], "graceful", "{t:#}");
+    assert_eq!(app["exit_code"], 0);
+    assert!(
+        codes(&t).is_empty(),
+        "the preStop sleep covers the endpoint lag: {t:#}"
+    );
+    for what in [
+        "deletion_requested",
+        "event_killing",
+        "prestop_started",
+        "prestop_finished",
+        "sigterm",
+        "container_exit",
+        "terminated_status",
+        "endpoint_terminating",
+        "endpoint_removed",
+        "pod_removed",
+    ] {
+        assert_eq!(count(&t, what), 1, "{what} in {:?}", whats(&t));
+    }
+    let order = whats(&t);
+    let pos = |w: &str| order.iter().position(|x| x == w).expect("entry");
+    assert!(
+        pos("deletion_requested") < pos("endpoint_terminating"),
+        "{order:?}"
+    );
+    assert!(
+        pos("endpoint_terminating") < pos("sigterm") && pos("sigterm") < pos("container_exit"),
+        "{order:?}"
+    );
+    assert!(pos("container_exit") < pos("pod_removed"), "{order:?}");
+
+    let m = agent.metrics().expect("metrics");
+    let wl = "namespace=\"shop\",workload=\"deployment/web\"";
+    let duration = observed(
+        &m,
+        "gracewatch_termination_duration_seconds",
+        &format!("{wl},outcome=\"graceful\""),
+    )
+    .expect("termination duration");
+    near(duration, secs(report.duration()), "deletion → last exit");
+    let lag = observed(&m, "gracewatch_endpoint_removal_lag_seconds", wl).expect("lag");
+    near(
+        lag,
+        since(
+            &report,
+            report.endpoint_terminating.expect("marked").boottime_ns,
+        ),
+        "endpoint removal lag",
+    );
+    let prestop = observed(
+        &m,
+        "gracewatch_prestop_duration_seconds",
+        &format!("{wl},container=\"app\""),
+    )
+    .expect("prestop");
+    near(
+        prestop,
+        since(&report, exec_sigterm(&report, "app")),
+        "preStop duration",
+    );
+    let ratio = observed(&m, "gracewatch_grace_period_used_ratio", wl).expect("ratio");
+    near(ratio * 5.0, secs(report.duration()), "grace used");
+    assert_eq!(m.value(&format!("gracewatch_container_terminations_total{{{wl},container=\"app\",outcome=\"graceful\"}}")), Some(1.0));
+    assert_eq!(
+        m.value(&format!(
+            "gracewatch_sigterm_before_endpoint_removal_total{{{wl}}}"
+        )),
+        None
+    );
+    assert_eq!(
+        m.value("gracewatch_terminating_pods{namespace=\"shop\"}"),
+        Some(0.0)
+    );
+
+    let text = agent.explain_target("shop/web-1").expect("explain");
+    assert!(
+        text.contains("Termination of pod shop/web-1 (completed, grace period 5s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(" app PID 1 sh: graceful (exit code 0"),
+        "{text}"
+    );
+    assert!(text.contains("Diagnosis\n  nothing went wrong"), "{text}");
+}
+
+#[test]
+fn shell_entrypoint_that_keeps_sigterm_from_the_app() {
+    let k = Cluster::new();
+    let agent = k.agent();
+    let mut def = web("shell-1", "sleep 1000; echo never");
+    def.service = None;
+    def.grace_seconds = 2;
+    let pod = k.node.run_pod(def).expect("pod");
+    std::thread::sleep(Duration::from_millis(500));
+    let report = k
+        .node
+        .delete_pod(&pod, &DeleteOptions::default())
+        .expect("delete");
+    let t = agent
+        .wait_pod_completed("shop", "shell-1", WAIT)
+        .expect("termination");
+    assert_eq!(container(&t, "app")["outcome"], "forced_kill", "{t:#}");
+    assert_eq!(
+        codes(&t),
+        [
+            "SHELL_DID_NOT_FORWARD_SIGTERM",
+            "SIGTERM_IGNORED",
+            "FORCED_KILL"
+        ]
+    );
+    assert_eq!(t["diagnoses"][0]["container"], "app");
+    let measured = container(&t, "app")["sigterm_to_exit_seconds"]
+        .as_f64()
+        .expect("measured");
+    near(
+        measured,
+        sigterm_to_kill(&report, "app"),
+        "SIGTERM → SIGKILL",
+    );
+    let m = agent.metrics().expect("metrics");
+    assert_eq!(m.value("gracewatch_forced_kills_total{namespace=\"shop\",workload=\"deployment/web\",container=\"app\"}"), Some(1.0));
+    assert_eq!(m.value("gracewatch_sigterm_ignored_total{namespace=\"shop\",workload=\"deployment/web\",container=\"app\"}"), Some(1.0));
+}
+
+#[test]
+fn app_that_ignores_sigterm_is_killed_at_the_end_of_grace() {
+    let k = Cluster::new();
+    let agent = k.agent();
+    let mut def = web("ignorer-1", "trap '' TERM; while true; do sleep 0.1; done");
+    def.service = None;
+    def.grace_seconds = 2;
+    let pod = k.node.run_pod(def).expect("pod");
+    std::thread::sleep(Duration::from_millis(500));
+    let report = k
+        .node
+        .delete_pod(&pod, &DeleteOptions::default())
+        .expect("delete");
+    let t = agent
+        .wait_pod_completed("shop", "ignorer-1", WAIT)
+        .expect("termination");
+    assert_eq!(container(&t, "app")["outcome"], "forced_kill", "{t:#}");
+    assert_eq!(codes(&t), ["SIGTERM_IGNORED", "FORCED_KILL"], "{t:#}");
+    let detail = t["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .find(|e| e["what"] == "sigterm")
+        .expect("sigterm")["detail"]
+        .clone();
+    assert!(
+        detail
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("to sh (PID 1): ignored"),
+        "{detail}"
+    );
+    near(
+        container(&t, "app")["sigterm_to_exit_seconds"]
+            .as_f64()
+            .expect("measured"),
+        sigterm_to_kill(&report, "app"),
+        "SIGTERM → SIGKILL",
+    );
+}
+
+#[test]
+fn prestop_sleep_longer_than_the_grace_period() {
+    let k = Cluster::new();
+    let agent = k.agent();
+    let mut def = web("prestop-1", "sleep 1000");
+    def.service = None;
+    def.grace_seconds = 3;
+    def.containers[0].prestop = Some(Hook::Sleep(Duration::from_secs(5)));
+    let pod = k.node.run_pod(def).expect("pod");
+    std::thread::sleep(Duration::from_millis(500));
+    let report = k
+        .node
+        .delete_pod(&pod, &DeleteOptions::default())
+        .expect("delete");
+    let t = agent
+        .wait_pod_completed("shop", "prestop-1", WAIT)
+        .expect("termination");
+    assert!(
+        codes(&t).contains(&"PRESTOP_EXCEEDED_GRACE".to_string()),
+        "{t:#}"
+    );
+    let d = t["diagnoses"]
+        .as_array()
+        .expect("diagnoses")
+        .iter()
+        .find(|d| d["code"] == "PRESTOP_EXCEEDED_GRACE")
+        .expect("diagnosis")
+        .clone();
+    let msg = d["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with("preStop sleep took 3.0")
+            && msg.contains("of the 3s grace period, leaving only 2.0"),
+        "{msg}"
+    );
+    assert_eq!(d["container"], "app");
+    let m = agent.metrics().expect("metrics");
+    let prestop = observed(
+        &m,
+        "gracewatch_prestop_duration_seconds",
+        "namespace=\"shop\",workload=\"deployment/web\",container=\"app\"",
+    )
+    .expect("prestop");
+    near(
+        prestop,
+        since(&report, exec_sigterm(&report, "app")),
+        "preStop duration",
+    );
+}
+
+#[test]
+fn endpoint_removed_three_seconds_after_sigterm() {
+    let k = Cluster::new();
+    let agent = k.agent();
+    let mut def = web(
+        "racy-1",
+        "trap 'sleep 4; exit 0' TERM; while true; do sleep 0.1; done",
+    );
+    def.grace_seconds = 10;
+    let pod = k.node.run_pod(def).expect("pod");
+    std::thread::sleep(Duration::from_millis(500));
+    let report = k
+        .node
+        .delete_pod(
+            &pod,
+            &DeleteOptions {
+                endpoint_lag: Duration::from_secs(3),
+                ..Default::default()
+            },
+        )
+        .expect("delete");
+    let t = agent
+        .wait_pod_completed("shop", "racy-1", WAIT)
+        .expect("termination");
+    assert_eq!(container(&t, "app")["outcome"], "graceful", "{t:#}");
+    assert_eq!(codes(&t), ["ENDPOINT_REMOVED_AFTER_SIGTERM"], "{t:#}");
+    let msg = t["diagnoses"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        msg.starts_with("SIGTERM arrived 3.0") || msg.starts_with("SIGTERM arrived 2.9"),
+        "{msg}"
+    );
+    assert!(msg.contains("add `preStop: sleep: seconds: 4`"), "{msg}");
+    let m = agent.metrics().expect("metrics");
+    let wl = "namespace=\"shop\",workload=\"deployment/web\"";
+    assert_eq!(
+        m.value(&format!(
+            "gracewatch_sigterm_before_endpoint_removal_total{{{wl}}}"
+        )),
+        Some(1.0)
+    );
+    let lag = observed(&m, "gracewatch_endpoint_removal_lag_seconds", wl).expect("lag");
+    near(
+        lag,
+        since(
+            &report,
+            report.endpoint_terminating.expect("marked").boottime_ns,
+        ),
+        "endpoint removal lag",
+    );
+}
+
+#[test]
+fn force_delete_with_zero_grace() {
+    let k = Cluster::new();
+    let agent = k.agent();
+    let mut def = web("forced-1", "sleep 1000");
+    def.service = None;
+    let pod = k.node.run_pod(def).expect("pod");
+    std::thread::sleep(Duration::from_millis(500));
+    let report = k
+        .node
+        .delete_pod(
+            &pod,
+            &DeleteOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .expect("delete");
+    let t = agent
+        .wait_pod_completed("shop", "forced-1", WAIT)
+        .expect("termination");
+    let order = whats(&t);
+    let pos = |w: &str| order.iter().position(|x| x == w).expect("entry");
+    assert!(
+        pos("pod_removed") < pos("sigterm"),
+        "the API forgets the pod before kubelet kills it: {order:?}"
+    );
+    assert_eq!(
+        count(&t, "deletion_requested"),
+        0,
+        "a forced delete skips the graceful phase: {order:?}"
+    );
+    assert_eq!(container(&t, "app")["outcome"], "forced_kill", "{t:#}");
+    // kubelet's 2 s minimum between SIGTERM and SIGKILL.
+    near(
+        container(&t, "app")["sigterm_to_exit_seconds"]
+            .as_f64()
+            .expect("measured"),
+        sigterm_to_kill(&report, "app"),
+        "SIGTERM → SIGKILL",
+    );
+    assert!(sigterm_to_kill(&report, "app") >= 1.95);
+}
+
+#[test]
+fn two_containers_stopping_at_different_speeds() {
+    let k = Cluster::new();
+    let agent = k.agent();
+    let mut def = PodDef::new(
+        "shop",
+        "duo-1",
+        vec![
+            ContainerDef::shell("fast", "trap 'exit 0' TERM; while true; do sleep 0.1; done"),
+            ContainerDef::shell(
+                "slow",
+                "trap 'sleep 1; exit 0' TERM; while true; do sleep 0.1; done",
+            ),
+        ],
+    );
+    def.grace_seconds = 5;
+    let pod = k.node.run_pod(def).expect("pod");
+    std::thread::sleep(Duration::from_millis(500));
+    let report = k
+        .node
+        .delete_pod(&pod, &DeleteOptions::default())
+        .expect("delete");
+    let t = agent
+        .wait_pod_completed("shop", "duo-1", WAIT)
+        .expect("termination");
+    assert_eq!(t["containers"].as_array().map(Vec::len), Some(2), "{t:#}");
+    assert_eq!(container(&t, "fast")["outcome"], "graceful");
+    assert_eq!(container(&t, "slow")["outcome"], "graceful");
+    let fast = container(&t, "fast")["sigterm_to_exit_seconds"]
+        .as_f64()
+        .expect("fast");
+    let slow = container(&t, "slow")["sigterm_to_exit_seconds"]
+        .as_f64()
+        .expect("slow");
+    assert!(slow > fast + 0.8, "slow {slow} vs fast {fast}");
+    let m = agent.metrics().expect("metrics");
+    let duration = observed(
+        &m,
+        "gracewatch_termination_duration_seconds",
+        "namespace=\"shop\",workload=\"\",outcome=\"graceful\"",
+    )
+    .expect("duration");
+    near(duration, secs(report.duration()), "deletion → last exit");
+    assert_eq!(count(&t, "sigterm"), 2);
+    assert_eq!(count(&t, "event_killing"), 2);
+}
+
+#[test]
+fn agent_started_while_the_pod_is_terminating() {
+    let k = Cluster::new();
+    let mut def = web("late-1", "sleep 1000");
+    def.service = None;
+    def.grace_seconds = 4;
+    let pod = k.node.run_pod(def).expect("pod");
+    std::thread::sleep(Duration::from_millis(300));
+    let agent = std::thread::scope(|s| {
+        let deleting = s.spawn(|| k.node.delete_pod(&pod, &DeleteOptions::default()));
+        std::thread::sleep(Duration::from_millis(1500));
+        let agent = k.agent();
+        deleting.join().expect("thread").expect("delete");
+        agent
+    });
+    let t = agent
+        .wait_pod_completed("shop", "late-1", WAIT)
+        .expect("termination");
+    let app = container(&t, "app");
+    assert_eq!(
+        app["outcome"], "unknown",
+        "the SIGTERM happened before the agent watched: {t:#}"
+    );
+    assert_eq!(app["exit_signal"], "SIGKILL");
+    assert_eq!(count(&t, "sigterm"), 0);
+    assert_eq!(count(&t, "sigkill"), 1);
+    let deletion = t["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .find(|e| e["what"] == "deletion_requested")
+        .expect("deletion")
+        .clone();
+    assert!(
+        deletion["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("before the agent started"),
+        "{deletion}"
+    );
+    assert!(
+        !codes(&t).contains(&"FORCED_KILL".to_string()),
+        "nothing invented: {t:#}"
+    );
+}
+
+#[test]
+fn api_server_restart_mid_watch_loses_and_duplicates_nothing() {
+    let k = Cluster::new();
+    let agent = k.agent();
+    // The app drains for 8 s: the outage ends, and the watches relist (kube's backoff:
+    // 0.8 s, 1.6 s, then 3.2 s after the 410), before it is done.
+    let mut def = web(
+        "restart-1",
+        "trap 'sleep 8; exit 0' TERM; while true; do sleep 0.1; done",
+    );
+    def.grace_seconds = 15;
+    let pod = k.node.run_pod(def).expect("pod");
+    std::thread::sleep(Duration::from_millis(500));
+    let lists_before = k.api.count(Resource::Pods, Verb::List);
+    std::thread::scope(|s| {
+        let deleting = s.spawn(|| {
+            k.node.delete_pod(
+                &pod,
+                &DeleteOptions {
+                    endpoint_lag: Duration::from_millis(100),
+                    ..Default::default()
+                },
+            )
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // Down while the containers stop; history compacted, so watches must relist.
+        k.api.stop().expect("stop");
+        k.api.compact();
+        std::thread::sleep(Duration::from_millis(1000));
+        k.api.restart().expect("restart");
+        deleting.join().expect("thread").expect("delete");
+    });
+    let t = agent
+        .wait_pod_completed("shop", "restart-1", WAIT)
+        .expect("termination");
+    for what in [
+        "deletion_requested",
+        "event_killing",
+        "sigterm",
+        "container_exit",
+        "terminated_status",
+        "endpoint_terminating",
+        "pod_removed",
+    ] {
+        assert_eq!(count(&t, what), 1, "{what} in {:?}", whats(&t));
+    }
+    assert_eq!(container(&t, "app")["outcome"], "graceful", "{t:#}");
+    assert!(
+        k.api.count(Resource::Pods, Verb::List) > lists_before,
+        "the agent relisted pods"
+    );
+    let m = agent.metrics().expect("metrics");
+    assert!(
+        m.sum("gracewatch_kube_watch_errors_total", &[]) >= 1.0,
+        "the outage is counted"
+    );
+    assert_eq!(
+        agent
+            .terminations_of_pod("shop", "restart-1")
+            .expect("list")
+            .len(),
+        1,
+        "one termination, not two"
+    );
+}
