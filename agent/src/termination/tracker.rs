@@ -554,9 +554,9 @@ fn on_signal(
 fn on_exec(c: &mut ContainerState, e: &agent_ebpf::ExecEvent, clock: &Clock) {
     let h = &e.header;
     let mut comm = comm_str(&h.comm);
-    if c.recording() {
-        // Only while terminating (not a hot path): a program that renames itself after
-        // exec (busybox applets exec /proc/self/exe) is shown by the name it took.
+    if c.recording() || h.ns_tgid == 1 {
+        // Only while terminating, or for PID 1 (not a hot path): a program that renames
+        // itself after exec (busybox applets exec /proc/self/exe) is shown by its name.
         if let Ok(now) = std::fs::read_to_string(format!("/proc/{}/comm", h.tgid)) {
             comm = now.trim_end().to_string();
         }
