@@ -3,6 +3,7 @@
 //! (pure functions in [`classify`]) and publishes immutable snapshots for export.
 
 pub mod classify;
+mod container;
 pub mod model;
 pub mod pod_classify;
 pub mod pods;

@@ -10,10 +10,10 @@ use std::{
 
 use super::{
     classify::{self, ContainerFacts, Outcome},
+    container::ContainerState,
     model::{signal_name, ContainerSummary, DiagnosisEntry, State, Termination, TimelineEntry},
     pod_classify::{pod_diagnoses, MemberFacts, PodFacts},
     pods::PodState,
-    tracker::ContainerState,
 };
 use crate::{
     attribution::ContainerInfo,
