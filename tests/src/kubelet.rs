@@ -302,6 +302,23 @@ impl Node {
         })
     }
 
+    /// The API side of `kubectl delete` alone: kubelet does not act on it (a hung kubelet,
+    /// or processes it cannot kill), so the pod stays Terminating.
+    pub fn delete_without_kubelet(
+        &self,
+        pod: &RunningPod,
+        grace_seconds: i64,
+    ) -> anyhow::Result<Stamp> {
+        let requested = Stamp::now();
+        self.api.delete_gracefully(
+            Resource::Pods,
+            &pod.def.namespace,
+            &pod.def.name,
+            Some(grace_seconds),
+        )?;
+        Ok(requested)
+    }
+
     /// Marks the endpoint terminating after `lag`, removes it once the pod is gone.
     fn endpoint_controller(
         &self,

@@ -650,3 +650,73 @@ fn api_server_restart_mid_watch_loses_and_duplicates_nothing() {
         "one termination, not two"
     );
 }
+
+#[test]
+fn stuck_terminating_pod_is_reported_with_what_holds_it() {
+    let k = Cluster::new();
+    let agent = k.agent();
+    let mut def = web("stuck-1", "sleep 1000");
+    def.service = None;
+    let pod = k.node.run_pod(def).expect("pod");
+    std::thread::sleep(Duration::from_millis(500));
+    k.node.delete_without_kubelet(&pod, 1).expect("delete");
+    // Grace 1 s + --stuck-margin-seconds 2: stuck after 3 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let stuck = loop {
+        let ts = agent.terminations_of_pod("shop", "stuck-1").expect("list");
+        if let Some(t) = ts
+            .iter()
+            .find(|t| codes(t).contains(&"STUCK_TERMINATING".to_string()))
+        {
+            break t.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reported stuck: {ts:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(stuck["state"], "in_progress");
+    let msg = stuck["diagnoses"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        msg.contains(
+            "past deletion + grace period and still present: processes still alive: sleep (pid "
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("containers never reported terminated: app"),
+        "{msg}"
+    );
+    let m = agent.metrics().expect("metrics");
+    assert_eq!(
+        m.value("gracewatch_stuck_terminating_pods{namespace=\"shop\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value("gracewatch_terminating_pods{namespace=\"shop\"}"),
+        Some(1.0)
+    );
+
+    // kubelet finally acts: the pod completes and the gauges return to zero.
+    k.node
+        .delete_pod(&pod, &DeleteOptions::default())
+        .expect("kubelet acts");
+    let t = agent
+        .wait_pod_completed("shop", "stuck-1", WAIT)
+        .expect("completed");
+    assert_eq!(count(&t, "deletion_requested"), 1);
+    std::thread::sleep(Duration::from_millis(600));
+    let m = agent.metrics().expect("metrics");
+    assert_eq!(
+        m.value("gracewatch_stuck_terminating_pods{namespace=\"shop\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.value("gracewatch_terminating_pods{namespace=\"shop\"}"),
+        Some(0.0)
+    );
+}

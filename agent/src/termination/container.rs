@@ -99,10 +99,6 @@ impl ContainerState {
         self.procs.keys().copied().collect()
     }
 
-    pub(super) fn comm_of(&self, tgid: u32) -> &str {
-        self.procs.get(&tgid).map_or("?", |p| p.comm.as_str())
-    }
-
     fn is_pid1(&self, tgid: u32) -> bool {
         self.pid1 == Some(tgid)
     }

@@ -34,11 +34,12 @@ impl Tracker {
                 continue;
             }
             for tgid in c.live_tgids() {
-                let state = procfs::process::Process::new(tgid as i32)
-                    .and_then(|pr| pr.stat())
-                    .map(|st| st.state)
-                    .unwrap_or('?');
-                alive.push(format!("{} (pid {tgid}, state {state})", c.comm_of(tgid)));
+                // The live name and state; a process already gone is not listed.
+                let Ok(st) = procfs::process::Process::new(tgid as i32).and_then(|pr| pr.stat())
+                else {
+                    continue;
+                };
+                alive.push(format!("{} (pid {tgid}, state {})", st.comm, st.state));
             }
         }
         StuckFacts {
