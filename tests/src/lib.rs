@@ -4,5 +4,5 @@
 
 pub mod agent;
 pub mod apiserver;
-pub mod runc;
 pub mod kubelet;
+pub mod runc;
