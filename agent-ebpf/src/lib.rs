@@ -15,6 +15,9 @@ pub const COMM_LEN: usize = 16;
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Per-CPU array of `u64`, indexed by [`EventKind`]: records lost because the ring was full.
 pub const LOST_MAP: &str = "LOST";
+/// Per-CPU array of `u64`, indexed by [`EventKind`]: events a probe could not build because
+/// a kernel read failed.
+pub const PROBE_ERRORS_MAP: &str = "PROBE_ERRORS";
 /// Hash map `cgroup id (u64) -> u8`: cgroups user space knows to be containers. Lets a
 /// container that shares the host PID namespace (`hostPID: true`) be traced too.
 pub const CONTAINER_CGROUPS_MAP: &str = "CONTAINER_CGROUPS";

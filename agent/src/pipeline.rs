@@ -19,6 +19,13 @@ use crate::{
     termination::{SeedProcess, Tracker},
 };
 
+/// Why an event was not attributed (`gracewatch_unattributed_events_total{reason}`).
+#[derive(Clone, Copy, Debug)]
+enum Unattributed {
+    NotContainer = 0,
+    UnknownCgroup = 1,
+}
+
 /// How long a removed cgroup's attribution is kept for events still in flight.
 const FORGET_AFTER: Duration = Duration::from_secs(30);
 
@@ -28,6 +35,8 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     /// Indexed by `EventKind as usize`.
     kind_counters: [Counter; 5],
+    /// Indexed by `Unattributed as usize`.
+    unattributed: [Counter; 2],
     /// cgroup ids to add to / remove from the kernel's container map.
     pub added_cgroups: Vec<u64>,
     pub removed_cgroups: Vec<u64>,
@@ -45,11 +54,18 @@ impl Pipeline {
                 .get_or_create(&KindLabels { kind })
                 .clone()
         });
+        let unattributed = ["not_container", "unknown_cgroup"].map(|reason| {
+            metrics
+                .unattributed_events
+                .get_or_create(&ReasonLabels { reason })
+                .clone()
+        });
         Self {
             resolver,
             tracker,
             metrics,
             kind_counters,
+            unattributed,
             added_cgroups: Vec::new(),
             removed_cgroups: Vec::new(),
             forget_queue: VecDeque::new(),
@@ -73,33 +89,34 @@ impl Pipeline {
         };
         self.kind_counters[ev.kind() as usize].inc();
         match self.attribute(ev.header().cgroup_id, ev.header().tgid) {
-            Some(info) => self.tracker.handle(&info, &ev),
-            None => {
-                self.metrics.unattributed_events.inc();
+            Ok(info) => self.tracker.handle(&info, &ev),
+            Err(reason) => {
+                self.unattributed[reason as usize].inc();
             }
         }
     }
 
-    fn attribute(&mut self, cgroup_id: u64, tgid: u32) -> Option<Arc<ContainerInfo>> {
+    fn attribute(&mut self, cgroup_id: u64, tgid: u32) -> Result<Arc<ContainerInfo>, Unattributed> {
         match self.resolver.lookup(cgroup_id) {
-            Lookup::Container(c) => Some(c),
-            Lookup::NotContainer => None,
+            Lookup::Container(c) => Ok(c),
+            Lookup::NotContainer => Err(Unattributed::NotContainer),
             Lookup::Unknown => {
                 // The task is usually still alive: ask the kernel where it is. A walk is
                 // the fallback (it also finds cgroups whose tasks are gone).
                 if let Some(info) = self.resolver.learn_from_proc(tgid, cgroup_id) {
                     self.added(info.clone());
-                    return Some(info);
+                    return Ok(info);
                 }
                 if !self.resolver.rescan_due() {
-                    return None;
+                    return Err(Unattributed::UnknownCgroup);
                 }
                 if let Err(e) = self.rescan() {
                     tracing::warn!(error = %e, "cgroup walk failed");
                 }
                 match self.resolver.lookup(cgroup_id) {
-                    Lookup::Container(c) => Some(c),
-                    _ => None,
+                    Lookup::Container(c) => Ok(c),
+                    Lookup::NotContainer => Err(Unattributed::NotContainer),
+                    Lookup::Unknown => Err(Unattributed::UnknownCgroup),
                 }
             }
         }
@@ -149,15 +166,14 @@ pub fn seed_processes(root: &Path, info: &ContainerInfo) -> Vec<SeedProcess> {
     text.lines()
         .filter_map(|l| l.trim().parse::<i32>().ok())
         .filter_map(|pid| {
-            let status = procfs::process::Process::new(pid).ok()?.status().ok()?;
-            let ns_tgid = status
-                .nspid
-                .as_ref()
-                .and_then(|v| v.last().copied())
-                .unwrap_or(pid);
+            let proc = procfs::process::Process::new(pid).ok()?;
+            let status = proc.status().ok()?;
+            let nspid = status.nspid.clone().unwrap_or_else(|| vec![pid]);
             Some(SeedProcess {
                 tgid: pid as u32,
-                ns_tgid: ns_tgid as u32,
+                ns_tgid: nspid.last().copied().unwrap_or(pid) as u32,
+                ns_level: nspid.len().saturating_sub(1) as u32,
+                start_time: proc.stat().map(|s| s.starttime).unwrap_or(u64::MAX),
                 comm: status.name,
             })
         })

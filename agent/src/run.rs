@@ -106,7 +106,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut rescan = tokio::time::interval(Duration::from_secs(2));
     let mut lost_poll = tokio::time::interval(Duration::from_secs(1));
-    let mut lost_seen = [0u64; 5];
+    let mut lost_seen = [0u64; 10];
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
@@ -174,21 +174,31 @@ fn sync_container_map(pipeline: &mut Pipeline, probes: &mut Probes) {
     }
 }
 
-fn export_lost(probes: &Probes, metrics: &Metrics, seen: &mut [u64; 5]) {
-    match probes.lost_counts() {
-        Ok(counts) => {
-            for (kind, total) in counts {
-                let slot = &mut seen[kind as usize];
-                let counter = metrics
-                    .bpf_events_lost
-                    .get_or_create(&KindLabels { kind: kind.name() });
-                if total > *slot {
-                    counter.inc_by(total - *slot);
-                    *slot = total;
+/// Kernel-side counters (ring-full losses, probe failures) into their metrics, as deltas.
+fn export_lost(probes: &Probes, metrics: &Metrics, seen: &mut [u64; 10]) {
+    let sources = [
+        (probes.lost_counts(), &metrics.bpf_events_lost, 0usize),
+        (
+            probes.probe_error_counts(),
+            &metrics.bpf_probe_errors,
+            5usize,
+        ),
+    ];
+    for (counts, family, base) in sources {
+        match counts {
+            Ok(counts) => {
+                for (kind, total) in counts {
+                    let slot = &mut seen[base + kind as usize];
+                    if total > *slot {
+                        family
+                            .get_or_create(&KindLabels { kind: kind.name() })
+                            .inc_by(total - *slot);
+                        *slot = total;
+                    }
                 }
             }
+            Err(e) => tracing::warn!(error = %e, "cannot read kernel-side counters"),
         }
-        Err(e) => tracing::warn!(error = %e, "cannot read lost-event counters"),
     }
 }
 

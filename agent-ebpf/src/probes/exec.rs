@@ -3,7 +3,7 @@
 use agent_ebpf::{EventKind, ExecEvent};
 use aya_ebpf::{helpers::generated, macros::raw_tracepoint, programs::RawTracePointContext};
 
-use super::{conf, current_header, emit, read_at};
+use super::{conf, current_header, emit, probe_error, read_at};
 
 /// `sched:sched_process_exec`, TP_PROTO(struct task_struct *p, pid_t old_pid,
 /// struct linux_binprm *bprm); `current` is `p`, whose comm is already the new program's.
@@ -11,7 +11,10 @@ use super::{conf, current_header, emit, read_at};
 pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     match try_exec(&ctx) {
         Ok(()) => 0,
-        Err(e) => e,
+        Err(e) => {
+            probe_error(EventKind::Exec);
+            e
+        }
     }
 }
 

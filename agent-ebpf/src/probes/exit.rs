@@ -3,7 +3,7 @@
 use agent_ebpf::{EventKind, ExitEvent};
 use aya_ebpf::{helpers::generated, macros::raw_tracepoint, programs::RawTracePointContext};
 
-use super::{conf, current_header, emit, read_at};
+use super::{conf, current_header, emit, probe_error, read_at};
 
 /// `sched:sched_process_exit`, TP_PROTO(struct task_struct *p[, bool group_dead]);
 /// `current` is `p`. The exit code is not a tracepoint field: it is `p->exit_code`, set by
@@ -14,7 +14,10 @@ use super::{conf, current_header, emit, read_at};
 pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     match try_exit(&ctx) {
         Ok(()) => 0,
-        Err(e) => e,
+        Err(e) => {
+            probe_error(EventKind::Exit);
+            e
+        }
     }
 }
 

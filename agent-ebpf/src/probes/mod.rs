@@ -19,6 +19,17 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(agent_ebpf::DEFAULT_RING_BYTES,
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KIND_SLOTS, 0);
 
 #[map]
+static PROBE_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KIND_SLOTS, 0);
+
+/// Counts an event of `kind` the probe had to give up on.
+#[inline(always)]
+pub(crate) fn probe_error(kind: EventKind) {
+    if let Some(slot) = PROBE_ERRORS.get_ptr_mut(kind as u32) {
+        unsafe { *slot += 1 };
+    }
+}
+
+#[map]
 static CONTAINER_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(16384, 0);
 
 #[unsafe(no_mangle)]

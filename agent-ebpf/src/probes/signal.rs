@@ -5,7 +5,9 @@ use agent_ebpf::{
 };
 use aya_ebpf::{helpers::generated, macros::raw_tracepoint, programs::RawTracePointContext};
 
-use super::{conf, current_header, emit, is_traced, ns_identity, read_at, task_cgroup_id};
+use super::{
+    conf, current_header, emit, is_traced, ns_identity, probe_error, read_at, task_cgroup_id,
+};
 
 /// `signal:signal_generate`, TP_PROTO(int sig, struct kernel_siginfo *info,
 /// struct task_struct *task, int group, int result). `current` is the sender; the target
@@ -14,7 +16,10 @@ use super::{conf, current_header, emit, is_traced, ns_identity, read_at, task_cg
 pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
     match try_signal_generate(&ctx) {
         Ok(()) => 0,
-        Err(e) => e,
+        Err(e) => {
+            probe_error(EventKind::SignalGenerate);
+            e
+        }
     }
 }
 
@@ -73,7 +78,10 @@ fn try_signal_generate(ctx: &RawTracePointContext) -> Result<(), i32> {
 pub fn signal_deliver(ctx: RawTracePointContext) -> i32 {
     match try_signal_deliver(&ctx) {
         Ok(()) => 0,
-        Err(e) => e,
+        Err(e) => {
+            probe_error(EventKind::SignalDeliver);
+            e
+        }
     }
 }
 

@@ -102,7 +102,8 @@ pub struct Metrics {
     pub termination_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
     pub bpf_events: Family<KindLabels, Counter>,
     pub bpf_events_lost: Family<KindLabels, Counter>,
-    pub unattributed_events: Counter,
+    pub unattributed_events: Family<ReasonLabels, Counter>,
+    pub bpf_probe_errors: Family<KindLabels, Counter>,
     pub bpf_program_runs: Family<ProgramLabels, Gauge>,
     pub bpf_program_run_ns: Family<ProgramLabels, Gauge>,
     pub decode_errors: Family<ReasonLabels, Counter>,
@@ -127,7 +128,8 @@ impl Metrics {
             termination_duration: Family::new_with_constructor(duration_histogram),
             bpf_events: Family::default(),
             bpf_events_lost: Family::default(),
-            unattributed_events: Counter::default(),
+            unattributed_events: Family::default(),
+            bpf_probe_errors: Family::default(),
             bpf_program_runs: Family::default(),
             bpf_program_run_ns: Family::default(),
             decode_errors: Family::default(),
@@ -182,8 +184,13 @@ impl Metrics {
         );
         registry.register(
             "unattributed_events",
-            "Kernel events from tasks whose cgroup is not a recognised container cgroup",
+            "Kernel events not attributed to a container, by reason: not_container (a cgroup of no known container shape) or unknown_cgroup (a cgroup not found, e.g. already removed)",
             m.unattributed_events.clone(),
+        );
+        registry.register(
+            "bpf_probe_errors",
+            "Kernel events a probe could not build (a kernel read failed), by kind",
+            m.bpf_probe_errors.clone(),
         );
         registry.register(
             "bpf_program_runs",
@@ -239,7 +246,13 @@ impl Metrics {
         for kind in agent_ebpf::EventKind::ALL {
             let labels = KindLabels { kind: kind.name() };
             let _ = m.bpf_events_lost.get_or_create(&labels);
+            let _ = m.bpf_probe_errors.get_or_create(&labels);
             let _ = m.bpf_events.get_or_create(&labels);
+        }
+        for reason in ["not_container", "unknown_cgroup"] {
+            let _ = m
+                .unattributed_events
+                .get_or_create(&ReasonLabels { reason });
         }
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
@@ -279,13 +292,19 @@ mod tests {
         };
         m.forced_kills.get_or_create(&labels).inc();
         m.sigterm_to_exit.get_or_create(&labels).observe(0.3);
-        m.unattributed_events.inc_by(2);
+        m.unattributed_events
+            .get_or_create(&ReasonLabels {
+                reason: "not_container",
+            })
+            .inc_by(2);
         let text = m.encode().expect("encode");
         assert!(text.contains(
             "gracewatch_forced_kills_total{namespace=\"\",workload=\"\",container=\"0123456789ab\"} 1"
         ), "{text}");
         assert!(text.contains("gracewatch_sigterm_to_exit_seconds_bucket{le=\"0.5\",namespace=\"\",workload=\"\",container=\"0123456789ab\"} 1"), "{text}");
-        assert!(text.contains("gracewatch_unattributed_events_total 2"));
+        assert!(text.contains("gracewatch_unattributed_events_total{reason=\"not_container\"} 2"));
+        assert!(text.contains("gracewatch_unattributed_events_total{reason=\"unknown_cgroup\"} 0"));
+        assert!(text.contains("gracewatch_bpf_probe_errors_total{kind=\"exit\"} 0"));
         assert!(text.contains("gracewatch_build_info{version=\"0.1.0\",mode=\"standalone\"} 1"));
         assert!(
             text.contains("# HELP gracewatch_bpf_events_lost Kernel events dropped"),

@@ -5,6 +5,7 @@ use std::{os::fd::AsRawFd, path::Path};
 
 use agent_ebpf::{
     Config, EventKind, CONFIG_GLOBAL, CONTAINER_CGROUPS_MAP, EVENTS_MAP, FLAG_TRACE_HOST, LOST_MAP,
+    PROBE_ERRORS_MAP,
 };
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -50,6 +51,7 @@ pub struct Probes {
     // Dropping the Ebpf detaches the programs, so it lives as long as the probes.
     ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
+    probe_errors: PerCpuArray<MapData, u64>,
     containers: HashMap<MapData, u64, u8>,
 }
 
@@ -80,12 +82,15 @@ impl Probes {
             RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?).map_err(map_err(EVENTS_MAP))?;
         let lost =
             PerCpuArray::try_from(take_map(&mut ebpf, LOST_MAP)?).map_err(map_err(LOST_MAP))?;
+        let probe_errors = PerCpuArray::try_from(take_map(&mut ebpf, PROBE_ERRORS_MAP)?)
+            .map_err(map_err(PROBE_ERRORS_MAP))?;
         let containers = HashMap::try_from(take_map(&mut ebpf, CONTAINER_CGROUPS_MAP)?)
             .map_err(map_err(CONTAINER_CGROUPS_MAP))?;
         Ok((
             Self {
                 ebpf,
                 lost,
+                probe_errors,
                 containers,
             },
             ring,
@@ -94,15 +99,12 @@ impl Probes {
 
     /// Records lost so far because the ring was full, per event kind (summed over CPUs).
     pub fn lost_counts(&self) -> Result<[(EventKind, u64); 4], KernelError> {
-        let mut out = EventKind::ALL.map(|k| (k, 0u64));
-        for (kind, total) in out.iter_mut() {
-            let per_cpu = self
-                .lost
-                .get(&(*kind as u32), 0)
-                .map_err(map_err(LOST_MAP))?;
-            *total = per_cpu.iter().sum();
-        }
-        Ok(out)
+        per_kind(&self.lost, LOST_MAP)
+    }
+
+    /// Events the probes gave up on (a kernel read failed), per kind.
+    pub fn probe_error_counts(&self) -> Result<[(EventKind, u64); 4], KernelError> {
+        per_kind(&self.probe_errors, PROBE_ERRORS_MAP)
     }
 
     /// Marks a cgroup as a container's, so tasks in it are traced even when they share the
@@ -145,6 +147,18 @@ fn raise_memlock_limit() {
     if let Err(e) = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY) {
         tracing::debug!(error = %e, "cannot raise RLIMIT_MEMLOCK (needs CAP_SYS_RESOURCE)");
     }
+}
+
+fn per_kind(
+    map: &PerCpuArray<MapData, u64>,
+    name: &'static str,
+) -> Result<[(EventKind, u64); 4], KernelError> {
+    let mut out = EventKind::ALL.map(|k| (k, 0u64));
+    for (kind, total) in out.iter_mut() {
+        let per_cpu = map.get(&(*kind as u32), 0).map_err(map_err(name))?;
+        *total = per_cpu.iter().sum();
+    }
+    Ok(out)
 }
 
 fn attach(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<(), KernelError> {

@@ -4,7 +4,7 @@
 pub mod model;
 pub mod watch;
 
-pub use model::{PodInfo, PreStop};
+pub use model::{ContainerKind, PodInfo, PreStop};
 pub use watch::{EndpointState, KubeUpdate};
 
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! object into a small model (identity, workload, grace, hooks, container ids, deletion
 //! and terminated state). Missing required fields are errors, never guessed.
 
-use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use time::OffsetDateTime;
 
@@ -23,9 +23,18 @@ pub enum PreStop {
     TcpSocket,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerKind {
+    App,
+    /// Init containers, native sidecars (`restartPolicy: Always`) among them.
+    Init,
+    Ephemeral,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerModel {
     pub name: String,
+    pub kind: ContainerKind,
     pub prestop: Option<PreStop>,
     /// Runtime container id without its `containerd://` scheme, once started.
     pub container_id: Option<String>,
@@ -78,18 +87,40 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ModelError> {
         .ok_or(ModelError::MissingField("namespace"))?;
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
-    let statuses: Vec<&ContainerStatus> = status
-        .into_iter()
-        .flat_map(|s| s.container_statuses.iter().flatten())
-        .collect();
-    let containers = spec
+    let statuses =
+        |pick: fn(&PodStatus) -> &Option<Vec<ContainerStatus>>| -> Vec<&ContainerStatus> {
+            status
+                .into_iter()
+                .flat_map(|s| pick(s).iter().flatten())
+                .collect()
+        };
+    let app = statuses(|s| &s.container_statuses);
+    let init = statuses(|s| &s.init_container_statuses);
+    let mut containers: Vec<ContainerModel> = spec
         .map(|s| {
             s.containers
                 .iter()
-                .map(|c| container(c, &statuses))
+                .map(|c| container(c, &app, ContainerKind::App))
                 .collect()
         })
         .unwrap_or_default();
+    containers.extend(
+        spec.iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .map(|c| container(c, &init, ContainerKind::Init)),
+    );
+    // Ephemeral containers (kubectl debug) only matter for naming their cgroup.
+    containers.extend(
+        statuses(|s| &s.ephemeral_container_statuses)
+            .into_iter()
+            .map(|st| ContainerModel {
+                name: st.name.clone(),
+                kind: ContainerKind::Ephemeral,
+                prestop: None,
+                container_id: st.container_id.as_deref().map(strip_scheme),
+                terminated: None,
+            }),
+    );
     Ok(PodInfo {
         uid,
         namespace,
@@ -112,7 +143,7 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ModelError> {
     })
 }
 
-fn container(c: &Container, statuses: &[&ContainerStatus]) -> ContainerModel {
+fn container(c: &Container, statuses: &[&ContainerStatus], kind: ContainerKind) -> ContainerModel {
     let status = statuses.iter().find(|s| s.name == c.name);
     let hook = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
     let prestop = hook.and_then(|h| {
@@ -128,6 +159,7 @@ fn container(c: &Container, statuses: &[&ContainerStatus]) -> ContainerModel {
     });
     ContainerModel {
         name: c.name.clone(),
+        kind,
         prestop,
         container_id: status
             .and_then(|s| s.container_id.as_deref())
@@ -247,7 +279,8 @@ mod tests {
                 "containers": [
                     {"name": "app", "lifecycle": {"preStop": {"sleep": {"seconds": 5}}}},
                     {"name": "side", "lifecycle": {"preStop": {"exec": {"command": ["/bin/drain"]}}}}
-                ]
+                ],
+                "initContainers": [{"name": "proxy", "restartPolicy": "Always"}]
             },
             "status": {
                 "podIPs": [{"ip": "10.0.0.7"}],
@@ -256,6 +289,9 @@ mod tests {
                      "ready": false, "restartCount": 0,
                      "state": {"terminated": {"exitCode": 137, "reason": "Error", "signal": 9}}},
                     {"name": "side", "image": "", "imageID": "", "ready": true, "restartCount": 0}
+                ],
+                "initContainerStatuses": [
+                    {"name": "proxy", "containerID": "containerd://def", "image": "", "imageID": "", "ready": true, "restartCount": 0}
                 ]
             }
         });
@@ -293,6 +329,11 @@ mod tests {
             Some((137, Some(9)))
         );
         assert_eq!(p.containers[1].container_id, None);
+        let sidecar = p.container_by_id("def").expect("init container by id");
+        assert_eq!(
+            (sidecar.name.as_str(), sidecar.kind),
+            ("proxy", ContainerKind::Init)
+        );
         assert!(p.deletion_timestamp.is_some());
     }
 

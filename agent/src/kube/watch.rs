@@ -146,6 +146,21 @@ async fn pods(
                 if let Ok(mut k) = known.write() {
                     k.retain(|u| uids.contains(u));
                 }
+                // Pods that went during a watch gap get no Delete: stop their Events
+                // watches too (after the same linger as a deletion).
+                let gone: Vec<String> = events
+                    .keys()
+                    .filter(|u| !uids.contains(*u))
+                    .cloned()
+                    .collect();
+                for uid in gone {
+                    if let Some(h) = events.remove(&uid) {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(EVENTS_LINGER).await;
+                            h.abort();
+                        });
+                    }
+                }
                 KubeUpdate::PodsListed { uids, at_ns }
             }
             Ok(watcher::Event::Delete(p)) => {

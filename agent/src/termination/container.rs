@@ -2,7 +2,10 @@
 //! them and what became of those, exits, and the timeline, updated event by event. The
 //! facts gathered here are what `classify` judges.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 use agent_ebpf::{handler, si_code, sig_result};
 use prometheus_client::metrics::counter::Counter;
@@ -45,6 +48,10 @@ pub(crate) struct ContainerState {
     pub(super) last_event_ns: u64,
     pub(super) gone: bool,
     pub(super) signal_counters: HashMap<(u32, u32), Counter>,
+    /// Processes whose exit was recorded lately (to drop duplicate exit records).
+    recent_exits: VecDeque<u32>,
+    /// PID-namespace depth of PID 1 (0: the container shares the host's).
+    pid1_ns_level: Option<u32>,
     /// Container name (Kubernetes mode).
     pub(super) name: Option<String>,
     /// ORPHANED_PROCESSES findings, made when the container is finalized.
@@ -72,6 +79,8 @@ impl ContainerState {
             last_event_ns: 0,
             gone: false,
             signal_counters: HashMap::new(),
+            recent_exits: VecDeque::new(),
+            pid1_ns_level: None,
         }
     }
 
@@ -80,6 +89,7 @@ impl ContainerState {
         // host PID namespace has none, and its first process seen stands in for it.
         if self.pid1.is_none() && (ns_tgid == 1 || ns_level == 0) {
             self.pid1 = Some(tgid);
+            self.pid1_ns_level = Some(ns_level);
             self.facts.pid1_comm = Some(comm.clone());
         } else if self.pid1 == Some(tgid) {
             self.facts.pid1_comm = Some(comm.clone());
@@ -92,6 +102,11 @@ impl ContainerState {
             });
             p.comm = comm;
         }
+    }
+
+    /// Whether processes other than PID 1 are still believed alive.
+    pub(super) fn others_alive(&self) -> bool {
+        self.procs.keys().any(|t| Some(*t) != self.pid1)
     }
 
     /// Host pids of the processes believed alive.
@@ -121,7 +136,8 @@ impl ContainerState {
     /// rest of a PID namespace, so these escaped it (a shared PID namespace, or a cgroup
     /// joined from outside) and hold the cgroup.
     pub(super) fn check_orphans(&mut self) {
-        if self.facts.pid1_exit.is_none() {
+        // In its own PID namespace nothing outlives PID 1: the kernel kills the rest.
+        if self.facts.pid1_exit.is_none() || self.pid1_ns_level != Some(0) {
             return;
         }
         let pid1 = self.pid1;
@@ -199,6 +215,14 @@ pub(super) fn on_signal(
     }
     let external = s.sender_cgroup_id != c.info.cgroup_id;
     let pid1_alive = c.facts.pid1_exit.is_none();
+    // The kernel kills the rest of a PID namespace from its init once that has exited
+    // (its exit event comes first): teardown, not a kill.
+    let teardown = s.sig == SIGKILL
+        && s.code == si_code::SI_KERNEL
+        && !to_pid1
+        && c.is_pid1(s.sender_tgid)
+        && !pid1_alive;
+    let kernel_kill = s.sig == SIGKILL && s.code == si_code::SI_KERNEL && !teardown;
     match s.sig {
         SIGTERM if to_pid1 && external && c.facts.first_sigterm.is_none() => {
             c.facts.first_sigterm = Some(fact(s));
@@ -218,17 +242,14 @@ pub(super) fn on_signal(
                 p.got_sigterm = true;
             }
         }
-        // The kernel kills the rest of a PID namespace from its dying init: that is
-        // teardown, not a kill. Any other kernel SIGKILL is the OOM killer's.
-        SIGKILL
-            if s.code == si_code::SI_KERNEL
-                && !c.is_pid1(s.sender_tgid)
-                && c.facts.kernel_sigkill.is_none() =>
-        {
+        // A kernel SIGKILL to PID 1 that is not teardown is the OOM killer's (it runs in
+        // whatever task was allocating, often PID 1 itself). One to another process
+        // only ends that process: noted, but the container goes on.
+        SIGKILL if kernel_kill && to_pid1 && c.facts.kernel_sigkill.is_none() => {
             c.facts.kernel_sigkill = Some(fact(s));
             c.terminating_since.get_or_insert(h.ktime_ns);
         }
-        SIGKILL if s.code == si_code::SI_KERNEL => {}
+        SIGKILL if kernel_kill => {}
         SIGKILL if to_pid1 && external && c.facts.external_sigkill.is_none() => {
             c.facts.external_sigkill = Some(fact(s));
             c.terminating_since.get_or_insert(h.ktime_ns);
@@ -246,9 +267,13 @@ pub(super) fn on_signal(
         } else {
             format!("pid {}", h.ns_tgid)
         };
-        let teardown = s.sig == SIGKILL && s.code == si_code::SI_KERNEL && c.is_pid1(s.sender_tgid);
         let sender = if teardown {
             "the kernel (PID 1 exited, so its namespace is torn down)".to_string()
+        } else if kernel_kill {
+            format!(
+                "the kernel's OOM killer (in the context of {})",
+                comm_str(&s.sender_comm)
+            )
         } else if s.code == si_code::SI_KERNEL {
             format!(
                 "the kernel (in the context of {})",
@@ -339,13 +364,30 @@ fn refresh_pid1_comm(c: &mut ContainerState, comm: &[u8]) {
 pub(super) fn on_exit(c: &mut ContainerState, e: &agent_ebpf::ExitEvent, clock: &Clock) {
     let h = &e.header;
     let status = ExitStatus::from_exit_code(e.exit_code);
+    let removed = c.procs.remove(&h.tgid);
+    let is_pid1 = c.is_pid1(h.tgid);
+    // Threads of a process SIGKILLed together can each pass the "last one" check in the
+    // kernel: one exit per process is kept.
+    if (is_pid1 && c.facts.pid1_exit.is_some())
+        || (removed.is_none() && c.recent_exits.contains(&h.tgid))
+    {
+        return;
+    }
+    if c.recent_exits.len() >= 64 {
+        c.recent_exits.pop_front();
+    }
+    c.recent_exits.push_back(h.tgid);
+    if !is_pid1 && !c.recording() {
+        // The common case on a busy container: nothing to write down.
+        return;
+    }
     let comm = comm_str(&h.comm);
-    if let Some(p) = c.procs.remove(&h.tgid) {
+    if let Some(p) = removed {
         if p.alive_at_sigterm && !p.got_sigterm && status.signal() == Some(SIGKILL as u8) {
             c.facts.killed_unwarned.push(comm.clone());
         }
     }
-    if c.is_pid1(h.tgid) {
+    if is_pid1 {
         refresh_pid1_comm(c, &h.comm);
     }
     let how = match status {

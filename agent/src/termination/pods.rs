@@ -14,6 +14,10 @@ use crate::{
     kube::{EndpointState, KubeUpdate, PodInfo},
 };
 
+/// Grace periods beyond this (about 115 days) are treated as this, so time arithmetic
+/// cannot overflow on a hostile value.
+pub const MAX_GRACE_SECONDS: i64 = 10_000_000;
+
 /// Removed pods kept for late events and `/debug`.
 const REMOVED_KEPT: usize = 512;
 
@@ -133,11 +137,16 @@ impl PodIndex {
                     }
                 };
                 // Leaving the Service: marked terminating (only deletion does that), or
-                // removed. A readiness flap before deletion is not a removal.
+                // removed once the pod is being deleted. A slice reshuffle or readiness
+                // flap before deletion is not it, and an endpoint back in service resets.
                 let left = match state {
                     Some(s) => s.terminating && !prev.is_some_and(|p| p.terminating),
-                    None => prev.is_some(),
+                    None => prev.is_some() && p.deletion_ns.is_some(),
                 };
+                if matches!(state, Some(s) if s.ready && !s.terminating) && p.deletion_ns.is_none()
+                {
+                    p.endpoint_down_ns = None;
+                }
                 let what = match (left, state) {
                     (true, Some(_)) => "endpoint_terminating",
                     (_, None) => "endpoint_removed",
@@ -230,7 +239,9 @@ impl PodIndex {
                 let grace = pod.effective_grace_seconds();
                 // deletionTimestamp is when the grace period ends; the request was grace
                 // seconds earlier. The API keeps whole seconds only.
-                let requested = *deadline - time::Duration::seconds(grace);
+                let requested = deadline
+                    .checked_sub(time::Duration::seconds(grace.clamp(0, MAX_GRACE_SECONDS)))
+                    .unwrap_or(*deadline);
                 let (at, how) = if first_sight {
                     p.deleted_before_agent = true;
                     (

@@ -14,6 +14,7 @@ use super::{
     model::{signal_name, ContainerSummary, DiagnosisEntry, State, Termination, TimelineEntry},
     pod_classify::{pod_diagnoses, MemberFacts, PodFacts},
     pods::PodState,
+    tracker::SANDBOX,
 };
 use crate::{
     attribution::ContainerInfo,
@@ -24,6 +25,9 @@ use crate::{
     },
     kube::PreStop,
 };
+
+/// How long a signalled record of a pod not (yet) seen deleting waits for the deletion.
+const DELETION_WAIT_NS: u64 = 3_000_000_000;
 
 /// Groups containers of one pod (by uid), or stands for a container outside any pod.
 pub(super) fn record_key(info: &ContainerInfo) -> &str {
@@ -51,6 +55,8 @@ struct OpenRecord {
 pub(super) struct Records {
     open: HashMap<String, OpenRecord>,
     completed: VecDeque<Arc<Termination>>,
+    /// Completed records dropped from the bounded history.
+    evicted: usize,
     cap: usize,
 }
 
@@ -148,6 +154,7 @@ impl Records {
         Self {
             open: HashMap::new(),
             completed: VecDeque::new(),
+            evicted: 0,
             cap: cap.max(1),
         }
     }
@@ -177,6 +184,18 @@ impl Records {
         clock: &Clock,
     ) {
         c.facts.partial |= pod.is_some_and(|p| p.deleted_before_agent);
+        if pod.is_some() && c.name.as_deref() == Some(SANDBOX) {
+            // The sandbox is SIGKILLed by the runtime once the containers are gone: part
+            // of the story, not an outcome.
+            if let Some(rec) = self.open.get_mut(record_key(&c.info)) {
+                rec.timeline
+                    .extend(timeline_of(&c, clock).into_iter().map(|mut e| {
+                        e.detail = format!("sandbox: {}", e.detail);
+                        e
+                    }));
+            }
+            return;
+        }
         let outcome = classify::outcome(&c.facts);
         let l = &c.labels;
         metrics
@@ -235,11 +254,23 @@ impl Records {
         key: &str,
         others_pending: bool,
         pod: Option<&PodState>,
+        now_ns: u64,
         metrics: &Metrics,
         clock: &Clock,
     ) {
+        let Some(rec) = self.open.get(key) else {
+            return;
+        };
         let pod_pending = pod.is_some_and(|p| p.deletion_ns.is_some() && p.removed_ns.is_none());
-        if others_pending || pod_pending || !self.open.contains_key(key) {
+        // A pod's deletion can reach us after its containers stopped (a slow watch): a
+        // signalled record of a live pod waits a little for it rather than splitting.
+        let awaiting_deletion = pod
+            .is_some_and(|p| p.deletion_ns.is_none() && p.removed_ns.is_none())
+            && rec.signalled
+            && rec
+                .finished_ns
+                .is_some_and(|f| now_ns < f.saturating_add(DELETION_WAIT_NS));
+        if others_pending || pod_pending || awaiting_deletion {
             return;
         }
         let Some(rec) = self.open.remove(key) else {
@@ -249,6 +280,7 @@ impl Records {
         self.completed.push_back(Arc::new(t));
         while self.completed.len() > self.cap {
             self.completed.pop_front();
+            self.evicted += 1;
         }
     }
 
@@ -348,6 +380,15 @@ impl Records {
                 },
             )
         })
+    }
+
+    /// Records completed so far (a change tells a new snapshot is due).
+    pub(super) fn completed_count(&self) -> usize {
+        self.completed.len() + self.evicted
+    }
+
+    pub(super) fn open_keys(&self) -> Vec<String> {
+        self.open.keys().cloned().collect()
     }
 
     pub(super) fn open_started(&self, key: &str) -> Option<u64> {

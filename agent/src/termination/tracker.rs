@@ -4,7 +4,7 @@
 //! is gone, grouping them per pod into termination records (see `record`).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
 };
 
@@ -21,6 +21,12 @@ use crate::{
     kernel::KernelEvent,
     kube::KubeUpdate,
 };
+
+/// Container name (and label) of a pod's sandbox ("pause") container, as kubelet's own.
+pub const SANDBOX: &str = "POD";
+
+/// Longest wait, after PID 1's exit, for the container's other processes to exit.
+const SETTLE_CAP_NS: u64 = 10_000_000_000;
 
 #[derive(Clone, Debug)]
 pub struct TrackerOptions {
@@ -48,6 +54,10 @@ impl Default for TrackerOptions {
 pub struct SeedProcess {
     pub tgid: u32,
     pub ns_tgid: u32,
+    /// PID-namespace depth (0: the host's).
+    pub ns_level: u32,
+    /// Start time (clock ticks since boot), to find the oldest process.
+    pub start_time: u64,
     pub comm: String,
 }
 
@@ -57,7 +67,8 @@ pub struct Tracker {
     pub(super) metrics: Arc<Metrics>,
     pub(super) containers: HashMap<u64, ContainerState>,
     /// Containers finalized recently, so their late events do not start a new state.
-    finished: VecDeque<u64>,
+    finished: HashSet<u64>,
+    finished_order: VecDeque<u64>,
     pub(super) records: Records,
     pub(super) pods: PodIndex,
     pub(super) dirty: bool,
@@ -73,7 +84,8 @@ impl Tracker {
             clock,
             metrics,
             containers: HashMap::new(),
-            finished: VecDeque::new(),
+            finished: HashSet::new(),
+            finished_order: VecDeque::new(),
             records,
             pods: PodIndex::default(),
             dirty: true,
@@ -100,7 +112,8 @@ impl Tracker {
                     .info
                     .container_by_id(&info.cgroup.container_id)
                     .map(|c| c.name.clone())
-                    .unwrap_or_else(|| "POD".to_string());
+                    // A cgroup of the pod that is none of its containers is the sandbox.
+                    .unwrap_or_else(|| SANDBOX.to_string());
                 let labels = ContainerLabels {
                     namespace: p.info.namespace.clone(),
                     workload: p.info.workload.clone(),
@@ -136,10 +149,12 @@ impl Tracker {
             return;
         };
         let mut sorted: Vec<&SeedProcess> = procs.iter().collect();
-        sorted.sort_by_key(|p| (p.ns_tgid != 1, p.tgid));
+        // The namespace init first; without one (a shared PID namespace) the oldest
+        // process stands in for it.
+        sorted.sort_by_key(|p| (p.ns_tgid != 1, p.start_time, p.tgid));
         for p in sorted {
             if !state.procs.contains_key(&p.tgid) {
-                state.add_proc(p.tgid, p.ns_tgid, 1, p.comm.clone());
+                state.add_proc(p.tgid, p.ns_tgid, p.ns_level, p.comm.clone());
             }
         }
     }
@@ -149,7 +164,9 @@ impl Tracker {
         if let Some(c) = self.containers.get_mut(&cgroup_id) {
             c.gone = true;
         }
-        self.finished.retain(|id| *id != cgroup_id);
+        if self.finished.remove(&cgroup_id) {
+            self.finished_order.retain(|id| *id != cgroup_id);
+        }
     }
 
     pub fn handle(&mut self, info: &Arc<ContainerInfo>, ev: &KernelEvent) {
@@ -220,6 +237,7 @@ impl Tracker {
     }
 
     fn try_complete(&mut self, key: &str) {
+        let before = self.records.completed_count();
         let others_pending = self
             .containers
             .values()
@@ -228,9 +246,13 @@ impl Tracker {
             key,
             others_pending,
             self.pods.get(key),
+            crate::clock::boot_now_ns(),
             &self.metrics,
             &self.clock,
         );
+        if self.records.completed_count() != before {
+            self.dirty = true;
+        }
     }
 
     /// Finalizes containers that are done and refreshes the pod gauges; returns whether
@@ -242,7 +264,13 @@ impl Tracker {
             .iter()
             .filter(|(_, c)| {
                 let quiet = now_ns.saturating_sub(c.last_event_ns) >= linger;
-                quiet && (c.facts.pid1_exit.is_some() || c.gone)
+                // After PID 1, wait for the processes the kernel is killing to be gone
+                // (a large heap can take seconds to free), up to a cap.
+                let settled = match c.facts.pid1_exit_ns {
+                    Some(exit) => !c.others_alive() || now_ns.saturating_sub(exit) >= SETTLE_CAP_NS,
+                    None => false,
+                };
+                quiet && (settled || c.gone)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -254,9 +282,12 @@ impl Tracker {
                 // Gone without anything seen (e.g. it ended before the agent started).
                 continue;
             }
-            self.finished.push_back(id);
-            if self.finished.len() > 4096 {
-                self.finished.pop_front();
+            self.finished.insert(id);
+            self.finished_order.push_back(id);
+            if self.finished_order.len() > 4096 {
+                if let Some(old) = self.finished_order.pop_front() {
+                    self.finished.remove(&old);
+                }
             }
             c.check_orphans();
             let key = record_key(&c.info).to_string();
@@ -264,6 +295,10 @@ impl Tracker {
                 .finalize(c, self.pods.get(&key), &self.metrics, &self.clock);
             self.try_complete(&key);
             self.dirty = true;
+        }
+        // Records held back (e.g. waiting for a deletion) are looked at again.
+        for key in self.records.open_keys() {
+            self.try_complete(&key);
         }
         self.update_pod_gauges(now_ns);
         self.dirty

@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 use super::{
     model::{DiagnosisEntry, State, Termination},
     pod_classify::{stuck_diagnosis, StuckFacts},
-    pods::PodState,
+    pods::{PodState, MAX_GRACE_SECONDS},
     record::{record_key, summary, timeline_of},
     tracker::Tracker,
 };
@@ -19,10 +19,10 @@ impl Tracker {
         if p.removed_ns.is_some() {
             return None;
         }
-        let deadline = deletion
-            + (p.info.effective_grace_seconds().max(0) as u64) * 1_000_000_000
-            + self.opts.stuck_margin_ns;
-        (now_ns > deadline).then(|| (now_ns - deadline + self.opts.stuck_margin_ns) as f64 / 1e9)
+        let grace = p.info.effective_grace_seconds().clamp(0, MAX_GRACE_SECONDS) as u64;
+        let due = deletion.saturating_add(grace * 1_000_000_000);
+        let deadline = due.saturating_add(self.opts.stuck_margin_ns);
+        (now_ns > deadline).then(|| (now_ns - due) as f64 / 1e9)
     }
 
     fn stuck_facts(&self, p: &PodState, overdue_seconds: f64) -> StuckFacts {
@@ -50,7 +50,7 @@ impl Tracker {
                 .info
                 .containers
                 .iter()
-                .filter(|c| c.terminated.is_none())
+                .filter(|c| c.kind == crate::kube::ContainerKind::App && c.terminated.is_none())
                 .map(|c| c.name.clone())
                 .collect(),
         }
