@@ -39,6 +39,26 @@ pub struct PodState {
     terminated_seen: HashSet<String>,
 }
 
+/// API timeline entries kept per pod (endpoint flaps and Events over a long life).
+const MAX_POD_TIMELINE: usize = 256;
+
+impl PodState {
+    fn note(&mut self, e: TimelineEntry) {
+        if self.timeline.len() >= MAX_POD_TIMELINE {
+            // The oldest entries matter least: the termination is at the end.
+            self.timeline.remove(0);
+        }
+        self.timeline.push(e);
+    }
+
+    /// Entries from shortly before `start` on: what a record starting then should show.
+    pub fn timeline_since(&self, start: u64) -> impl Iterator<Item = &TimelineEntry> {
+        self.timeline
+            .iter()
+            .filter(move |e| e.at_ns.saturating_add(1_000_000_000) >= start)
+    }
+}
+
 #[derive(Default)]
 pub struct PodIndex {
     pub by_uid: HashMap<String, PodState>,
@@ -180,7 +200,7 @@ impl PodIndex {
                 let api_time = time
                     .map(crate::clock::rfc3339)
                     .unwrap_or_else(|| "-".into());
-                p.timeline.push(entry(
+                p.note(entry(
                     clock,
                     at,
                     &format!("event_{}", reason.to_ascii_lowercase()),
@@ -193,6 +213,23 @@ impl PodIndex {
     }
 
     fn pod(&mut self, pod: Arc<PodInfo>, at_ns: u64, clock: &Clock) -> PodChange {
+        // Ids and IPs the pod no longer has (restarts, new IPs) leave the indexes.
+        if let Some(old) = self.by_uid.get(&pod.uid).map(|p| p.info.clone()) {
+            for id in old
+                .containers
+                .iter()
+                .filter_map(|c| c.container_id.as_ref())
+            {
+                if pod.container_by_id(id).is_none() {
+                    self.by_container.remove(id);
+                }
+            }
+            for ip in old.ips.iter().filter(|ip| !pod.ips.contains(ip)) {
+                if self.by_ip.get(ip) == Some(&pod.uid) {
+                    self.by_ip.remove(ip);
+                }
+            }
+        }
         for c in &pod.containers {
             if let Some(id) = &c.container_id {
                 self.by_container
@@ -224,7 +261,7 @@ impl PodIndex {
                         .map(|s| format!(", signal {s}"))
                         .unwrap_or_default();
                     let reason = t.reason.as_deref().unwrap_or("-");
-                    p.timeline.push(entry(
+                    p.note(entry(
                         clock,
                         at_ns,
                         "terminated_status",
@@ -257,7 +294,7 @@ impl PodIndex {
                 } else {
                     format!(", finalizers {}", pod.finalizers.join(","))
                 };
-                p.timeline.push(entry(
+                p.note(entry(
                     clock,
                     at,
                     "deletion_requested",
@@ -281,7 +318,7 @@ impl PodIndex {
             return PodChange::None;
         }
         p.removed_ns = Some(at_ns);
-        p.timeline.push(entry(
+        p.note(entry(
             clock,
             at_ns,
             "pod_removed",

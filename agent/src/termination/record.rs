@@ -341,7 +341,8 @@ impl Records {
                 );
         }
         if let Some(p) = pod {
-            rec.timeline.extend(p.timeline.iter().cloned());
+            rec.timeline
+                .extend(p.timeline_since(started.unwrap_or(0)).cloned());
         }
         if let Some(f) = &facts {
             rec.timeline.extend(prestop_entries(f, clock));

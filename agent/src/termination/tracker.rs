@@ -320,3 +320,231 @@ impl Tracker {
         self.containers.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attribution::cgroup_path;
+    use agent_ebpf::{
+        si_code, sig_result, EventHeader, EventKind, ExecEvent, ExitEvent, SignalGenerateEvent,
+        COMM_LEN,
+    };
+
+    const CG: u64 = 4242;
+    // Above the kernel's PID_MAX_LIMIT: no real process (whose /proc the tracker may read)
+    // can have these pids.
+    const P1: u32 = 5_000_100;
+    const P2: u32 = 5_000_101;
+    const MS: u64 = 1_000_000;
+
+    fn info() -> Arc<ContainerInfo> {
+        let path = format!(
+            "/kubepods/besteffort/pod6f1c2d3e-1111-2222-3333-444455556666/{}",
+            "a".repeat(64)
+        );
+        Arc::new(ContainerInfo {
+            cgroup_id: CG,
+            cgroup: cgroup_path::parse(&path).expect("path"),
+            path,
+        })
+    }
+
+    fn comm(name: &str) -> [u8; COMM_LEN] {
+        let mut c = [0u8; COMM_LEN];
+        c[..name.len()].copy_from_slice(name.as_bytes());
+        c
+    }
+
+    fn header(kind: EventKind, at_ms: u64, tgid: u32, ns_tgid: u32, name: &str) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            cpu: 0,
+            ktime_ns: at_ms * MS,
+            cgroup_id: CG,
+            tgid,
+            pid: tgid,
+            ns_tgid,
+            ns_level: 1,
+            comm: comm(name),
+        }
+    }
+
+    fn exec(at_ms: u64, tgid: u32, ns_tgid: u32, name: &str) -> KernelEvent {
+        KernelEvent::Exec(ExecEvent {
+            header: header(EventKind::Exec, at_ms, tgid, ns_tgid, name),
+            parent_tgid: 1,
+            _pad: 0,
+        })
+    }
+
+    /// A signal to `tgid`; `from` is (sender tgid, sender cgroup, si_code).
+    fn signal(
+        at_ms: u64,
+        tgid: u32,
+        ns_tgid: u32,
+        name: &str,
+        sig: u32,
+        from: (u32, u64, i32),
+        result: u32,
+    ) -> KernelEvent {
+        KernelEvent::Signal(SignalGenerateEvent {
+            header: header(EventKind::SignalGenerate, at_ms, tgid, ns_tgid, name),
+            sig,
+            code: from.2,
+            result,
+            group: 1,
+            sender_tgid: from.0,
+            sender_pid: from.0,
+            sender_cgroup_id: from.1,
+            sender_comm: comm(if from.1 == CG { name } else { "runc" }),
+        })
+    }
+
+    fn exit(at_ms: u64, tgid: u32, ns_tgid: u32, name: &str, code: u32) -> KernelEvent {
+        KernelEvent::Exit(ExitEvent {
+            header: header(EventKind::Exit, at_ms, tgid, ns_tgid, name),
+            exit_code: code,
+            group_dead: 1,
+        })
+    }
+
+    fn run(events: &[KernelEvent]) -> Tracker {
+        let mut t = Tracker::new(
+            TrackerOptions::default(),
+            Clock::with_offset_ns(0),
+            Arc::new(Metrics::new("test")),
+        );
+        let i = info();
+        for e in events {
+            t.handle(&i, e);
+        }
+        t
+    }
+
+    fn last(t: &mut Tracker, now_ms: u64) -> Option<Arc<Termination>> {
+        t.tick(now_ms * MS);
+        t.snapshot(now_ms * MS)
+            .and_then(|s| s.terminations.last().cloned())
+    }
+
+    const RUNC: (u32, u64, i32) = (7, 1, si_code::SI_USER);
+
+    #[test]
+    fn pid1_oom_killed_in_its_own_context() {
+        let mut t = run(&[
+            exec(0, P1, 1, "app"),
+            signal(
+                1000,
+                P1,
+                1,
+                "app",
+                9,
+                (P1, CG, si_code::SI_KERNEL),
+                sig_result::DELIVERED,
+            ),
+            exit(1001, P1, 1, "app", 9),
+        ]);
+        let term = last(&mut t, 3000).expect("termination");
+        assert_eq!(term.containers[0].outcome.as_deref(), Some("oom_killed"));
+        assert_eq!(term.diagnoses[0].code, "OOM_KILLED");
+        assert!(
+            term.timeline
+                .iter()
+                .any(|e| e.detail.starts_with("SIGKILL from the kernel's OOM killer")),
+            "{:?}",
+            term.timeline
+        );
+    }
+
+    #[test]
+    fn a_childs_oom_kill_does_not_end_the_container() {
+        let mut t = run(&[
+            exec(0, P1, 1, "nginx"),
+            exec(10, P2, 2, "nginx"),
+            signal(
+                1000,
+                P2,
+                2,
+                "nginx",
+                9,
+                (P2, CG, si_code::SI_KERNEL),
+                sig_result::DELIVERED,
+            ),
+            exit(1001, P2, 2, "nginx", 9),
+        ]);
+        assert!(
+            last(&mut t, 60_000).is_none(),
+            "no termination: PID 1 lives on"
+        );
+        assert_eq!(t.tracked(), 1);
+    }
+
+    #[test]
+    fn teardown_is_not_oom_and_a_duplicate_exit_is_dropped() {
+        let mut t = run(&[
+            exec(0, P1, 1, "sh"),
+            exec(10, P2, 6, "sleep"),
+            signal(1000, P1, 1, "sh", 15, RUNC, sig_result::IGNORED),
+            signal(3000, P1, 1, "sh", 9, RUNC, sig_result::DELIVERED),
+            exit(3001, P1, 1, "sh", 9),
+            signal(
+                3002,
+                P2,
+                6,
+                "sleep",
+                9,
+                (P1, CG, si_code::SI_KERNEL),
+                sig_result::DELIVERED,
+            ),
+            exit(3003, P2, 6, "sleep", 9),
+            exit(3003, P2, 6, "sleep", 9),
+        ]);
+        let term = last(&mut t, 5000).expect("termination");
+        assert_eq!(term.containers[0].outcome.as_deref(), Some("forced_kill"));
+        let codes: Vec<&str> = term.diagnoses.iter().map(|d| d.code.as_str()).collect();
+        assert_eq!(
+            codes,
+            [
+                "SHELL_DID_NOT_FORWARD_SIGTERM",
+                "SIGTERM_IGNORED",
+                "FORCED_KILL"
+            ]
+        );
+        assert_eq!(term.timeline.iter().filter(|e| e.what == "exit").count(), 1);
+        assert!(term.timeline.iter().any(|e| e
+            .detail
+            .starts_with("SIGKILL from the kernel (PID 1 exited")));
+    }
+
+    #[test]
+    fn waits_for_children_the_kernel_is_still_killing() {
+        let mut t = run(&[
+            exec(0, P1, 1, "sh"),
+            exec(10, P2, 6, "java"),
+            signal(1000, P1, 1, "sh", 15, RUNC, sig_result::IGNORED),
+            signal(3000, P1, 1, "sh", 9, RUNC, sig_result::DELIVERED),
+            exit(3001, P1, 1, "sh", 9),
+            signal(
+                3002,
+                P2,
+                6,
+                "java",
+                9,
+                (P1, CG, si_code::SI_KERNEL),
+                sig_result::DELIVERED,
+            ),
+        ]);
+        assert!(
+            last(&mut t, 4500).is_none_or(|t| t.state == super::super::model::State::InProgress),
+            "java is still dying"
+        );
+        t.handle(&info(), &exit(5500, P2, 6, "java", 9));
+        let term = last(&mut t, 7000).expect("termination");
+        assert_eq!(term.state, super::super::model::State::Completed);
+        assert!(
+            term.diagnoses[0].message.contains("(java)"),
+            "{:?}",
+            term.diagnoses
+        );
+    }
+}

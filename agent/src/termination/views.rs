@@ -87,8 +87,9 @@ impl Tracker {
                     v.namespace = Some(p.info.namespace.clone());
                     v.pod = Some(p.info.name.clone());
                     v.grace_period_seconds = Some(p.info.effective_grace_seconds() as f64);
-                    v.timeline.extend(p.timeline.iter().cloned());
                     start = p.deletion_ns.or(start);
+                    v.timeline
+                        .extend(p.timeline_since(start.unwrap_or(0)).cloned());
                     if let Some(overdue) = self.is_stuck(p, now_ns) {
                         let d = stuck_diagnosis(&self.stuck_facts(p, overdue));
                         v.diagnoses.push(DiagnosisEntry {
