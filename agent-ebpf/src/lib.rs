@@ -234,9 +234,12 @@ pub struct Config {
     /// Bit set in [`Config::flags`]: trace only tasks in a PID namespace other than the
     /// host's, or in a cgroup of [`CONTAINER_CGROUPS_MAP`].
     pub flags: u64,
+    /// Records are submitted without waking the reader until this many bytes wait in the
+    /// ring (a wake-up per record costs more than the record); the reader also polls.
+    pub wakeup_bytes: u64,
     pub offsets: KernelOffsets,
 }
-const _: () = assert!(size_of::<Config>() == 96);
+const _: () = assert!(size_of::<Config>() == 104);
 
 /// [`Config::flags`]: trace every task, containers or not (benchmarks and debugging).
 pub const FLAG_TRACE_HOST: u64 = 1;
@@ -271,6 +274,7 @@ impl Config {
     pub const ZERO: Config = Config {
         signal_mask: 0,
         flags: 0,
+        wakeup_bytes: 0,
         offsets: KernelOffsets::ZERO,
     };
 }

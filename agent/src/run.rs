@@ -32,6 +32,9 @@ use crate::{
 
 /// Records handled per wake-up before the loop looks at its timers again.
 const DRAIN_BUDGET: usize = 16 * 1024;
+/// The probes wake the reader only when a quarter of the ring is used; in between it
+/// drains the ring this often, which bounds how late an event is seen.
+const RING_POLL: Duration = Duration::from_millis(10);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mode = if args.standalone {
@@ -104,6 +107,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .context("ring buffer fd")?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut ring_poll = tokio::time::interval(RING_POLL);
+    ring_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut rescan = tokio::time::interval(Duration::from_secs(2));
     let mut lost_poll = tokio::time::interval(Duration::from_secs(1));
     let mut lost_seen = [0u64; 10];
@@ -113,18 +118,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("ring buffer poll")?;
-                let rb = guard.get_inner_mut();
-                let mut drained_all = false;
-                for _ in 0..DRAIN_BUDGET {
-                    match rb.next() {
-                        Some(item) => pipeline.handle_record(&item),
-                        None => { drained_all = true; break; }
-                    }
-                }
                 // Left ready when the budget ran out, so the next poll returns at once.
-                if drained_all {
+                if drain(guard.get_inner_mut(), &mut pipeline) {
                     guard.clear_ready();
                 }
+                sync_container_map(&mut pipeline, &mut probes);
+            }
+            _ = ring_poll.tick() => {
+                drain(ring.get_mut(), &mut pipeline);
                 sync_container_map(&mut pipeline, &mut probes);
             }
             Some(update) = kube_rx.recv() => pipeline.tracker.kube(update),
@@ -159,6 +160,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         w.abort();
     }
     Ok(())
+}
+
+/// Handles up to [`DRAIN_BUDGET`] records; true when the ring was emptied.
+fn drain(rb: &mut aya::maps::RingBuf<aya::maps::MapData>, pipeline: &mut Pipeline) -> bool {
+    for _ in 0..DRAIN_BUDGET {
+        match rb.next() {
+            Some(item) => pipeline.handle_record(&item),
+            None => return true,
+        }
+    }
+    false
 }
 
 fn sync_container_map(pipeline: &mut Pipeline, probes: &mut Probes) {

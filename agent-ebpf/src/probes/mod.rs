@@ -110,13 +110,25 @@ pub(crate) fn current_header(kind: EventKind) -> Result<Option<EventHeader>, i32
     }))
 }
 
-/// Writes a record to the ring buffer, counting it as lost when the ring is full.
+/// `bpf_ringbuf_submit` flags and the `bpf_ringbuf_query` selector (uapi bpf.h).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Writes a record to the ring buffer, counting it as lost when the ring is full. The
+/// reader is woken only once enough is waiting: a wake-up per record (an interrupt, a
+/// context switch) costs far more than the record.
 #[inline(always)]
 pub(crate) fn emit<T: 'static>(kind: EventKind, record: T) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(record);
-            entry.submit(0);
+            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= conf!(wakeup_bytes) {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(flags);
         }
         None => {
             if let Some(slot) = LOST.get_ptr_mut(kind as u32) {

@@ -65,6 +65,9 @@ impl Probes {
         let config = Config {
             signal_mask: agent_ebpf::signal_mask(&opts.signals),
             flags: if opts.trace_host { FLAG_TRACE_HOST } else { 0 },
+            // A quarter of the ring: the reader is woken well before it fills, and polls
+            // (see `run`) for the rest.
+            wakeup_bytes: u64::from(opts.ring_bytes / 4),
             offsets: btf::kernel_offsets(Path::new(btf::VMLINUX_BTF))?,
         };
         let mut ebpf = EbpfLoader::new()
