@@ -101,10 +101,10 @@ fn main() {
         }
         pipeline_rates.push(EVENTS as f64 / t.elapsed().as_secs_f64());
         let text = metrics.encode().expect("metrics");
-        assert!(
-            text.contains("gracewatch_unattributed_events_total 0"),
-            "every event attributed"
-        );
+        for reason in ["not_container", "unknown_cgroup"] {
+            let series = format!("gracewatch_unattributed_events_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&series), "every event attributed ({reason})");
+        }
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));

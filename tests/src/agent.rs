@@ -249,3 +249,24 @@ pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
         .with_context(|| format!("bad HTTP answer: {head}"))?;
     Ok((status, body.to_string()))
 }
+
+/// Diagnosis codes of a termination (JSON), in order.
+pub fn codes(t: &Value) -> Vec<String> {
+    strings(t, "diagnoses", "code")
+}
+
+/// The `what` of each timeline entry of a termination (JSON), in order.
+pub fn whats(t: &Value) -> Vec<String> {
+    strings(t, "timeline", "what")
+}
+
+fn strings(t: &Value, list: &str, field: &str) -> Vec<String> {
+    t[list]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|e| e[field].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}

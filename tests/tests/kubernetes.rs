@@ -6,7 +6,7 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use gracewatch_tests::{
-    agent::{Agent, Metrics},
+    agent::{codes, whats, Agent, Metrics},
     apiserver::{ApiServer, Resource, Verb},
     kubelet::{ContainerDef, DeleteOptions, DeleteReport, Hook, Node, PodDef},
     runc::sweep_stale,
@@ -61,28 +61,6 @@ fn web(name: &str, script: &str) -> PodDef {
     def.service = Some("web".into());
     def.grace_seconds = 3;
     def
-}
-
-fn codes(t: &Value) -> Vec<String> {
-    t["diagnoses"]
-        .as_array()
-        .map(|d| {
-            d.iter()
-                .filter_map(|d| d["code"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn whats(t: &Value) -> Vec<String> {
-    t["timeline"]
-        .as_array()
-        .map(|d| {
-            d.iter()
-                .filter_map(|e| e["what"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn count(t: &Value, what: &str) -> usize {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use gracewatch_tests::{
-    agent::Agent,
+    agent::{codes, whats, Agent},
     runc::{sweep_stale, Container, ContainerSpec},
 };
 use serde_json::Value;
@@ -25,28 +25,6 @@ fn require_root() {
 
 fn short(c: &Container) -> &str {
     &c.id()[..12]
-}
-
-fn codes(t: &Value) -> Vec<String> {
-    t["diagnoses"]
-        .as_array()
-        .map(|d| {
-            d.iter()
-                .filter_map(|d| d["code"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn whats(t: &Value) -> Vec<String> {
-    t["timeline"]
-        .as_array()
-        .map(|d| {
-            d.iter()
-                .filter_map(|e| e["what"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn series(name: &str, c: &Container, extra: &str) -> String {

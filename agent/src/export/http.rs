@@ -129,18 +129,17 @@ fn route_path(state: &HttpState, is_get: bool, path: &str) -> Response<Full<Byte
 
 fn pod_terminations(state: &HttpState, ns: &str, pod: &str) -> Response<Full<Bytes>> {
     let snap = state.snapshot.borrow().clone();
-    let found = snap.by_pod(ns, pod);
-    let status = if found.is_empty() {
+    found(snap.by_pod(ns, pod))
+}
+
+/// The terminations a lookup found; 404 (with an empty list) when none.
+fn found(terminations: Vec<&crate::termination::Termination>) -> Response<Full<Bytes>> {
+    let status = if terminations.is_empty() {
         StatusCode::NOT_FOUND
     } else {
         StatusCode::OK
     };
-    json(
-        status,
-        &TerminationsBody {
-            terminations: found,
-        },
-    )
+    json(status, &TerminationsBody { terminations })
 }
 
 fn container(state: &HttpState, prefix: &str) -> Response<Full<Bytes>> {
@@ -153,16 +152,5 @@ fn container(state: &HttpState, prefix: &str) -> Response<Full<Bytes>> {
         return json(StatusCode::BAD_REQUEST, &msg);
     }
     let snap = state.snapshot.borrow().clone();
-    let found = snap.by_container_prefix(prefix);
-    let status = if found.is_empty() {
-        StatusCode::NOT_FOUND
-    } else {
-        StatusCode::OK
-    };
-    json(
-        status,
-        &TerminationsBody {
-            terminations: found,
-        },
-    )
+    found(snap.by_container_prefix(prefix))
 }
