@@ -128,7 +128,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 drain(ring.get_mut(), &mut pipeline);
                 sync_container_map(&mut pipeline, &mut probes);
             }
-            Some(update) = kube_rx.recv() => pipeline.tracker.kube(update),
+            Some(update) = kube_rx.recv() => {
+                // What the kernel saw before this API change is handled first: records
+                // wait in the ring for up to RING_POLL, a watch event does not.
+                drain(ring.get_mut(), &mut pipeline);
+                pipeline.tracker.kube(update);
+            }
             _ = tick.tick() => {
                 let now = boot_now_ns();
                 pipeline.tracker.tick(now);
