@@ -14,6 +14,11 @@ use serde_json::Value;
 
 /// The `gracewatch` binary of this workspace (built by `cargo xtask test` beforehand).
 pub fn binary() -> PathBuf {
+    binary_of("debug")
+}
+
+/// `GRACEWATCH_BIN`, else `<target dir>/<profile>/gracewatch` of this workspace.
+pub fn binary_of(profile: &str) -> PathBuf {
     if let Ok(p) = std::env::var("GRACEWATCH_BIN") {
         return PathBuf::from(p);
     }
@@ -24,7 +29,7 @@ pub fn binary() -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    target.join("debug").join("gracewatch")
+    target.join(profile).join("gracewatch")
 }
 
 /// A running agent; killed (SIGTERM, then SIGKILL) when dropped.

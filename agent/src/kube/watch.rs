@@ -283,33 +283,14 @@ async fn endpoint_slices(
                 }
             }
             Ok(watcher::Event::Delete(s)) => {
-                let key = slice_key(&s);
-                if let Some((service, before)) = slices.remove(&key) {
-                    diff(
-                        &key,
-                        &service,
-                        &before,
-                        &HashMap::new(),
-                        at_ns,
-                        &mut updates,
-                    );
-                }
+                forget_slice(&mut slices, &slice_key(&s), at_ns, &mut updates);
             }
             Ok(watcher::Event::InitDone) => {
                 let l = listed.take().unwrap_or_default();
                 let gone: Vec<String> =
                     slices.keys().filter(|k| !l.contains(*k)).cloned().collect();
                 for key in gone {
-                    if let Some((service, before)) = slices.remove(&key) {
-                        diff(
-                            &key,
-                            &service,
-                            &before,
-                            &HashMap::new(),
-                            at_ns,
-                            &mut updates,
-                        );
-                    }
+                    forget_slice(&mut slices, &key, at_ns, &mut updates);
                 }
             }
             Err(e) => count_error(&metrics, "endpointslices", &e),
@@ -319,6 +300,18 @@ async fn endpoint_slices(
                 return;
             }
         }
+    }
+}
+
+/// A slice that is gone: every endpoint it had for our pods is removed.
+fn forget_slice(
+    slices: &mut HashMap<String, (String, SliceEndpoints)>,
+    key: &str,
+    at_ns: u64,
+    updates: &mut Vec<KubeUpdate>,
+) {
+    if let Some((service, before)) = slices.remove(key) {
+        diff(key, &service, &before, &HashMap::new(), at_ns, updates);
     }
 }
 

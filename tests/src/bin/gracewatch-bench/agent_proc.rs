@@ -23,17 +23,7 @@ use crate::sys::check_interrupted;
 /// The agent binary: `GRACEWATCH_BIN`, else the release build `cargo xtask bench` makes
 /// (`$CARGO_TARGET_DIR` or `<workspace>/target`, then `release/gracewatch`).
 pub fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("GRACEWATCH_BIN") {
-        return PathBuf::from(p);
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    target.join("release").join("gracewatch")
+    gracewatch_tests::agent::binary_of("release")
 }
 
 /// A running agent; SIGTERM (then SIGKILL after 5 s) when dropped.
