@@ -5,7 +5,7 @@ use nix::time::{clock_gettime, ClockId};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 /// Converts CLOCK_BOOTTIME readings to wall-clock time with an offset sampled once. The
-/// offset moves only when the wall clock is stepped; [`Clock::resample`] picks that up.
+/// offset moves only when the wall clock is stepped; sampling again picks that up.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     /// realtime - boottime, in nanoseconds.
@@ -27,10 +27,6 @@ impl Clock {
     /// A fixed offset, for tests.
     pub fn with_offset_ns(offset_ns: i128) -> Self {
         Self { offset_ns }
-    }
-
-    pub fn resample(&mut self) {
-        *self = Self::sample();
     }
 
     /// Wall-clock time of a CLOCK_BOOTTIME reading.

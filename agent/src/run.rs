@@ -142,9 +142,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
             }
             _ = rescan.tick() => {
-                let mut clock = Clock::sample();
-                clock.resample();
-                pipeline.tracker.set_clock(clock);
+                // Picks up a stepped wall clock.
+                pipeline.tracker.set_clock(Clock::sample());
                 if let Err(e) = pipeline.rescan() {
                     tracing::warn!(error = %e, "cgroup walk failed");
                 }

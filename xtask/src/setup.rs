@@ -290,17 +290,7 @@ fn run_or_bail(cmd: &mut Command, verbose: bool) -> Result<()> {
     let line = render(cmd);
     cmd.stdin(Stdio::null());
     if !verbose {
-        let output = cmd
-            .output()
-            .with_context(|| format!("could not start `{line}`"))?;
-        if !output.status.success() {
-            bail!(failure(
-                &line,
-                output.status,
-                &String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        return Ok(());
+        return capture(cmd).map(|_| ());
     }
 
     eprintln!("$ {line}");

@@ -206,11 +206,6 @@ impl Resolver {
     pub fn forget(&mut self, cgroup_id: u64) {
         self.by_id.remove(&cgroup_id);
     }
-
-    /// Number of cgroups currently cached (for tests and debugging).
-    pub fn cached(&self) -> usize {
-        self.by_id.len()
-    }
 }
 
 fn relative(root: &Path, path: &Path) -> Option<String> {

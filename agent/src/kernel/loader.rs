@@ -1,7 +1,7 @@
 //! Loads the probes into the kernel with their configuration, attaches them, and owns the
 //! maps user space reads (ring buffer, lost counters) and writes (container cgroups).
 
-use std::{os::fd::AsRawFd, path::Path};
+use std::path::Path;
 
 use agent_ebpf::{
     Config, EventKind, CONFIG_GLOBAL, CONTAINER_CGROUPS_MAP, EVENTS_MAP, FLAG_TRACE_HOST, LOST_MAP,
@@ -235,9 +235,4 @@ fn effective_caps() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
     u64::from_str_radix(hex.trim(), 16).ok()
-}
-
-/// The ring buffer's fd, for readiness polling.
-pub fn ring_fd(ring: &RingBuf<MapData>) -> i32 {
-    ring.as_raw_fd()
 }

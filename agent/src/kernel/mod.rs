@@ -41,16 +41,3 @@ pub enum KernelError {
     #[error("ring buffer: {0}")]
     Ring(#[from] std::io::Error),
 }
-
-impl KernelError {
-    /// Short, bounded label for metrics and logs.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Btf { .. } | Self::BtfField { .. } => "btf",
-            Self::Load { .. } => "load",
-            Self::Program { .. } => "program",
-            Self::Map { .. } | Self::Missing { .. } => "map",
-            Self::RingSize(_) | Self::Ring(_) => "ring",
-        }
-    }
-}

@@ -232,8 +232,8 @@ pub(super) fn on_signal(
                 p.alive_at_sigterm = true;
                 // Programs rename themselves after exec (busybox applets exec
                 // /proc/self/exe): the name now is the one people know.
-                if let Ok(now) = std::fs::read_to_string(format!("/proc/{tgid}/comm")) {
-                    p.comm = now.trim_end().to_string();
+                if let Some(now) = live_comm(*tgid) {
+                    p.comm = now;
                 }
             }
         }
@@ -311,8 +311,8 @@ pub(super) fn on_exec(c: &mut ContainerState, e: &agent_ebpf::ExecEvent, clock: 
     if c.recording() || h.ns_tgid == 1 {
         // Only while terminating, or for PID 1 (not a hot path): a program that renames
         // itself after exec (busybox applets exec /proc/self/exe) is shown by its name.
-        if let Ok(now) = std::fs::read_to_string(format!("/proc/{}/comm", h.tgid)) {
-            comm = now.trim_end().to_string();
+        if let Some(now) = live_comm(h.tgid) {
+            comm = now;
         }
     }
     c.add_proc(h.tgid, h.ns_tgid, h.ns_level, comm.clone());
@@ -351,6 +351,13 @@ pub(super) fn on_deliver(
         );
         c.note(h.ktime_ns, "signal_delivered", detail, clock);
     }
+}
+
+/// The name a live process goes by now (programs may rename themselves after exec, as
+/// busybox applets that exec /proc/self/exe do). A syscall: never on the hot path.
+fn live_comm(tgid: u32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{tgid}/comm")).ok()?;
+    Some(comm.trim_end().to_string())
 }
 
 /// PID 1's name as of its latest event (programs may rename themselves after exec).

@@ -97,42 +97,8 @@ impl Tracker {
         self.clock = clock;
     }
 
-    /// Metric labels and container name: from the pod index in Kubernetes mode (a
-    /// container of a known pod that is none of its containers is the sandbox, "POD"),
-    /// else namespace and workload empty and the 12-character id.
-    fn labels_for(&self, info: &ContainerInfo) -> (ContainerLabels, Option<String>) {
-        let pod = info
-            .cgroup
-            .pod_uid
-            .as_deref()
-            .and_then(|u| self.pods.get(u));
-        match pod {
-            Some(p) => {
-                let name = p
-                    .info
-                    .container_by_id(&info.cgroup.container_id)
-                    .map(|c| c.name.clone())
-                    // A cgroup of the pod that is none of its containers is the sandbox.
-                    .unwrap_or_else(|| SANDBOX.to_string());
-                let labels = ContainerLabels {
-                    namespace: p.info.namespace.clone(),
-                    workload: p.info.workload.clone(),
-                    container: name.clone(),
-                };
-                (labels, Some(name))
-            }
-            None => (
-                ContainerLabels {
-                    container: info.short_id().to_string(),
-                    ..Default::default()
-                },
-                None,
-            ),
-        }
-    }
-
     fn new_state(&self, info: Arc<ContainerInfo>) -> ContainerState {
-        let (labels, name) = self.labels_for(&info);
+        let (labels, name) = labels_for(&self.pods, &info);
         ContainerState::new(info, labels, name)
     }
 
@@ -174,23 +140,27 @@ impl Tracker {
         if self.finished.contains(&id) {
             return;
         }
-        if !self.containers.contains_key(&id) {
-            let state = self.new_state(info.clone());
-            self.containers.insert(id, state);
-        }
-        let clock = self.clock;
-        let metrics = self.metrics.clone();
-        let Some(c) = self.containers.get_mut(&id) else {
-            return;
-        };
+        let Self {
+            containers,
+            pods,
+            metrics,
+            clock,
+            dirty,
+            ..
+        } = self;
+        // One lookup on the hot path; labels are worked out once per container.
+        let c = containers.entry(id).or_insert_with(|| {
+            let (labels, name) = labels_for(pods, info);
+            ContainerState::new(info.clone(), labels, name)
+        });
         c.last_event_ns = c.last_event_ns.max(ev.header().ktime_ns);
         match ev {
-            KernelEvent::Exec(e) => on_exec(c, e, &clock),
-            KernelEvent::Signal(s) => on_signal(c, s, &metrics, &clock),
-            KernelEvent::Deliver(d) => on_deliver(c, d, &clock),
-            KernelEvent::Exit(e) => on_exit(c, e, &clock),
+            KernelEvent::Exec(e) => on_exec(c, e, clock),
+            KernelEvent::Signal(s) => on_signal(c, s, metrics, clock),
+            KernelEvent::Deliver(d) => on_deliver(c, d, clock),
+            KernelEvent::Exit(e) => on_exit(c, e, clock),
         }
-        self.dirty = true;
+        *dirty = true;
     }
 
     /// An update from the Kubernetes watchers.
@@ -225,7 +195,7 @@ impl Tracker {
             let Some(info) = self.containers.get(&id).map(|c| c.info.clone()) else {
                 continue;
             };
-            let (labels, name) = self.labels_for(&info);
+            let (labels, name) = labels_for(&self.pods, &info);
             if let Some(c) = self.containers.get_mut(&id) {
                 if c.labels != labels {
                     c.signal_counters.clear();
@@ -318,6 +288,38 @@ impl Tracker {
     /// Containers currently tracked (tests, debugging).
     pub fn tracked(&self) -> usize {
         self.containers.len()
+    }
+}
+
+/// Metric labels and container name: from the pod index in Kubernetes mode (a cgroup of
+/// a known pod that is none of its containers is the sandbox, "POD"), else namespace and
+/// workload empty and the 12-character id.
+fn labels_for(pods: &PodIndex, info: &ContainerInfo) -> (ContainerLabels, Option<String>) {
+    let id = &info.cgroup.container_id;
+    let (pod, name) = match pods.container(id) {
+        Some((uid, name)) => (pods.get(uid), Some(name.clone())),
+        None => (
+            info.cgroup.pod_uid.as_deref().and_then(|u| pods.get(u)),
+            None,
+        ),
+    };
+    match pod {
+        Some(p) => {
+            let name = name.unwrap_or_else(|| SANDBOX.to_string());
+            let labels = ContainerLabels {
+                namespace: p.info.namespace.clone(),
+                workload: p.info.workload.clone(),
+                container: name.clone(),
+            };
+            (labels, Some(name))
+        }
+        None => (
+            ContainerLabels {
+                container: info.short_id().to_string(),
+                ..Default::default()
+            },
+            None,
+        ),
     }
 }
 
