@@ -30,7 +30,11 @@ enum Task {
         release: bool,
     },
     /// Set up, build, lint, then run every test tier (unit, root with real containers).
-    Test,
+    Test {
+        /// Only what needs no root: format, lints and unit tests.
+        #[arg(long)]
+        unit: bool,
+    },
     /// Set up, build, run the agent on this host and show it explain real terminations.
     Demo,
     /// Measure overhead, loss and throughput; prints a report (see README).
@@ -45,7 +49,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup { verbose } => setup::run(verbose),
         Task::Build { release } => build::run(release),
-        Task::Test => test::run(),
+        Task::Test { unit } => test::run(unit),
         Task::Demo => demo::run(),
         Task::Bench { rounds } => bench::run(rounds),
     }

@@ -16,7 +16,7 @@ use aya::{
 use super::{btf, KernelError};
 
 /// The compiled probes, embedded at build time by `build.rs`.
-static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gracewatch"));
+static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gracewatch-probes"));
 
 /// (program name in the object, raw tracepoint it attaches to)
 pub const PROGRAMS: [(&str, &str); 4] = [
