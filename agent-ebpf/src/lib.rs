@@ -84,24 +84,20 @@ impl EventKind {
 pub struct EventHeader {
     /// An [`EventKind`] as `u32`.
     pub kind: u32,
-    /// CPU the probe ran on (diagnostics only).
-    pub cpu: u32,
+    /// Thread group id of the task as seen in its own PID namespace (1 = container init).
+    pub ns_tgid: u32,
     /// `bpf_ktime_get_boot_ns()`: CLOCK_BOOTTIME, nanoseconds.
     pub ktime_ns: u64,
     /// cgroup v2 id of the task (inode number of its cgroup directory).
     pub cgroup_id: u64,
     /// Task's thread group id in the initial PID namespace.
     pub tgid: u32,
-    /// Task's thread id in the initial PID namespace.
-    pub pid: u32,
-    /// Thread group id of the task as seen in its own PID namespace (1 = container init).
-    pub ns_tgid: u32,
     /// Depth of the task's PID namespace (0 = the host's).
     pub ns_level: u32,
     /// Task's command name, NUL padded.
     pub comm: [u8; COMM_LEN],
 }
-const _: () = assert!(size_of::<EventHeader>() == 56);
+const _: () = assert!(size_of::<EventHeader>() == 48);
 
 /// `signal_generate` result values (enum trace_sig_result in the kernel).
 pub mod sig_result {
@@ -134,14 +130,13 @@ pub struct SignalGenerateEvent {
     pub code: i32,
     /// A [`sig_result`] value.
     pub result: u32,
-    /// 1 when sent to the whole thread group.
-    pub group: u32,
+    /// Thread group id (initial PID namespace) of the sender, `current` when the signal
+    /// was generated.
     pub sender_tgid: u32,
-    pub sender_pid: u32,
     pub sender_cgroup_id: u64,
     pub sender_comm: [u8; COMM_LEN],
 }
-const _: () = assert!(size_of::<SignalGenerateEvent>() == 104);
+const _: () = assert!(size_of::<SignalGenerateEvent>() == 88);
 
 /// Disposition values of `sa_handler`.
 pub mod handler {
@@ -155,12 +150,11 @@ pub mod handler {
 pub struct SignalDeliverEvent {
     pub header: EventHeader,
     pub sig: u32,
-    pub code: i32,
+    pub _pad: u32,
     /// `sa_handler` at delivery: [`handler::SIG_DFL`], [`handler::SIG_IGN`] or an address.
     pub sa_handler: u64,
-    pub sa_flags: u64,
 }
-const _: () = assert!(size_of::<SignalDeliverEvent>() == 80);
+const _: () = assert!(size_of::<SignalDeliverEvent>() == 64);
 
 /// The last thread of a thread group exited (one record per process).
 #[repr(C)]
@@ -170,21 +164,17 @@ pub struct ExitEvent {
     /// `task_struct.exit_code`: `status << 8` for exit(status), the signal number (plus
     /// 0x80 for a core dump) for a death by signal.
     pub exit_code: u32,
-    /// 1 when this exit ended the thread group (always 1 today: others are filtered).
-    pub group_dead: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<ExitEvent>() == 64);
+const _: () = assert!(size_of::<ExitEvent>() == 56);
 
-/// A task exec'd a new program.
+/// A task exec'd a new program (the header says which task and what it is called now).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ExecEvent {
     pub header: EventHeader,
-    /// Thread group id (initial namespace) of the parent.
-    pub parent_tgid: u32,
-    pub _pad: u32,
 }
-const _: () = assert!(size_of::<ExecEvent>() == 64);
+const _: () = assert!(size_of::<ExecEvent>() == 48);
 
 /// Byte offsets of the kernel struct fields the probes read, found in the running
 /// kernel's BTF by user space at start-up. Reading `task_struct` through offsets found
@@ -192,12 +182,10 @@ const _: () = assert!(size_of::<ExecEvent>() == 64);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KernelOffsets {
-    pub task_pid: u32,
     pub task_tgid: u32,
     pub task_comm: u32,
     pub task_exit_code: u32,
     pub task_group_leader: u32,
-    pub task_real_parent: u32,
     pub task_thread_pid: u32,
     pub task_signal: u32,
     pub task_cgroups: u32,
@@ -219,11 +207,8 @@ pub struct KernelOffsets {
     pub kernfs_node_id: u32,
     /// `struct k_sigaction.sa` + `struct sigaction.sa_handler`
     pub ksigaction_handler: u32,
-    /// `struct k_sigaction.sa` + `struct sigaction.sa_flags`
-    pub ksigaction_flags: u32,
-    pub _pad: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 80);
+const _: () = assert!(size_of::<KernelOffsets>() == 64);
 
 /// Configuration handed to the probes as a read-only global.
 #[repr(C)]
@@ -239,19 +224,17 @@ pub struct Config {
     pub wakeup_bytes: u64,
     pub offsets: KernelOffsets,
 }
-const _: () = assert!(size_of::<Config>() == 104);
+const _: () = assert!(size_of::<Config>() == 88);
 
 /// [`Config::flags`]: trace every task, containers or not (benchmarks and debugging).
 pub const FLAG_TRACE_HOST: u64 = 1;
 
 impl KernelOffsets {
     pub const ZERO: KernelOffsets = KernelOffsets {
-        task_pid: 0,
         task_tgid: 0,
         task_comm: 0,
         task_exit_code: 0,
         task_group_leader: 0,
-        task_real_parent: 0,
         task_thread_pid: 0,
         task_signal: 0,
         task_cgroups: 0,
@@ -264,8 +247,6 @@ impl KernelOffsets {
         cgroup_kn: 0,
         kernfs_node_id: 0,
         ksigaction_handler: 0,
-        ksigaction_flags: 0,
-        _pad: 0,
     };
 }
 

@@ -1,9 +1,9 @@
 //! Exec probe: which programs run in a container (its entrypoint, exec hooks, children).
 
 use agent_ebpf::{EventKind, ExecEvent};
-use aya_ebpf::{helpers::generated, macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
-use super::{conf, current_header, emit, probe_error, read_at};
+use super::{current_header, emit, probe_error};
 
 /// `sched:sched_process_exec`, TP_PROTO(struct task_struct *p, pid_t old_pid,
 /// struct linux_binprm *bprm); `current` is `p`, whose comm is already the new program's.
@@ -22,15 +22,6 @@ fn try_exec(_ctx: &RawTracePointContext) -> Result<(), i32> {
     let Some(header) = current_header(EventKind::Exec)? else {
         return Ok(());
     };
-    let task = unsafe { generated::bpf_get_current_task() };
-    let parent: u64 = read_at(task, conf!(offsets.task_real_parent))?;
-    emit(
-        EventKind::Exec,
-        ExecEvent {
-            header,
-            parent_tgid: read_at(parent, conf!(offsets.task_tgid))?,
-            _pad: 0,
-        },
-    );
+    emit(EventKind::Exec, ExecEvent { header });
     Ok(())
 }

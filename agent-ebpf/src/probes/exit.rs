@@ -36,7 +36,7 @@ fn try_exit(_ctx: &RawTracePointContext) -> Result<(), i32> {
         ExitEvent {
             header,
             exit_code: read_at(task, conf!(offsets.task_exit_code))?,
-            group_dead: 1,
+            _pad: 0,
         },
     );
     Ok(())

@@ -99,12 +99,10 @@ pub(crate) fn current_header(kind: EventKind) -> Result<Option<EventHeader>, i32
     let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     Ok(Some(EventHeader {
         kind: kind as u32,
-        cpu: unsafe { generated::bpf_get_smp_processor_id() },
+        ns_tgid,
         ktime_ns: unsafe { generated::bpf_ktime_get_boot_ns() },
         cgroup_id,
         tgid: (pid_tgid >> 32) as u32,
-        pid: pid_tgid as u32,
-        ns_tgid,
         ns_level,
         comm,
     }))

@@ -45,12 +45,10 @@ fn try_signal_generate(ctx: &RawTracePointContext) -> Result<(), i32> {
     let sender = unsafe { generated::bpf_get_current_pid_tgid() };
     let header = EventHeader {
         kind: EventKind::SignalGenerate as u32,
-        cpu: unsafe { generated::bpf_get_smp_processor_id() },
+        ns_tgid,
         ktime_ns: unsafe { generated::bpf_ktime_get_boot_ns() },
         cgroup_id,
         tgid: read_at(task, conf!(offsets.task_tgid))?,
-        pid: read_at(task, conf!(offsets.task_pid))?,
-        ns_tgid,
         ns_level,
         comm: read_at(task, conf!(offsets.task_comm))?,
     };
@@ -61,9 +59,7 @@ fn try_signal_generate(ctx: &RawTracePointContext) -> Result<(), i32> {
             sig,
             code,
             result: ctx.arg::<u64>(4) as u32,
-            group: ctx.arg::<u64>(3) as u32,
             sender_tgid: (sender >> 32) as u32,
-            sender_pid: sender as u32,
             sender_cgroup_id: unsafe { generated::bpf_get_current_cgroup_id() },
             sender_comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
         },
@@ -93,21 +89,14 @@ fn try_signal_deliver(ctx: &RawTracePointContext) -> Result<(), i32> {
     let Some(header) = current_header(EventKind::SignalDeliver)? else {
         return Ok(());
     };
-    let info = ctx.arg::<u64>(1);
     let ka = ctx.arg::<u64>(2);
-    let code = match info {
-        0 => si_code::SI_USER,
-        1 => si_code::SI_KERNEL,
-        p => read_at::<i32>(p, 8)?,
-    };
     emit(
         EventKind::SignalDeliver,
         SignalDeliverEvent {
             header,
             sig,
-            code,
+            _pad: 0,
             sa_handler: read_at(ka, conf!(offsets.ksigaction_handler))?,
-            sa_flags: read_at(ka, conf!(offsets.ksigaction_flags))?,
         },
     );
     Ok(())

@@ -21,12 +21,10 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, KernelError> {
     let r = Resolver { btf: &btf };
     let sigaction = r.offset("k_sigaction", "sa")?;
     Ok(KernelOffsets {
-        task_pid: r.offset("task_struct", "pid")?,
         task_tgid: r.offset("task_struct", "tgid")?,
         task_comm: r.offset("task_struct", "comm")?,
         task_exit_code: r.offset("task_struct", "exit_code")?,
         task_group_leader: r.offset("task_struct", "group_leader")?,
-        task_real_parent: r.offset("task_struct", "real_parent")?,
         task_thread_pid: r.offset("task_struct", "thread_pid")?,
         task_signal: r.offset("task_struct", "signal")?,
         task_cgroups: r.offset("task_struct", "cgroups")?,
@@ -39,8 +37,6 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, KernelError> {
         cgroup_kn: r.offset("cgroup", "kn")?,
         kernfs_node_id: r.offset("kernfs_node", "id")?,
         ksigaction_handler: sigaction + r.offset("sigaction", "sa_handler")?,
-        ksigaction_flags: sigaction + r.offset("sigaction", "sa_flags")?,
-        _pad: 0,
     })
 }
 
@@ -144,11 +140,8 @@ mod tests {
             o.ksigaction_handler, 0,
             "sa_handler is the first field of k_sigaction"
         );
-        assert!(
-            o.task_tgid == o.task_pid + 4,
-            "tgid follows pid in task_struct"
-        );
-        assert!(o.task_comm > o.task_pid);
+        // In every kernel layout: pid, tgid, …, comm; comm far beyond tgid.
+        assert!(o.task_comm > o.task_tgid, "{o:?}");
     }
 
     #[test]
