@@ -4,14 +4,14 @@
 //!
 //! `cargo run --release -p agent --example pipeline_throughput`
 
-use std::{mem::size_of, sync::Arc, time::Instant};
+use std::{mem::size_of, time::Instant};
 
 use agent_ebpf::{EventHeader, EventKind, ExecEvent, ExitEvent, SignalGenerateEvent, COMM_LEN};
 use gracewatch::{
-    attribution::Resolver,
+    attribution::{Attributor, Resolver},
     clock::Clock,
-    export::Metrics,
     kernel::decode,
+    metrics::Metrics,
     pipeline::Pipeline,
     termination::{Tracker, TrackerOptions},
 };
@@ -30,11 +30,9 @@ fn header(kind: EventKind, i: u64) -> EventHeader {
     comm[..4].copy_from_slice(b"true");
     EventHeader {
         kind: kind as u32,
-        cpu: 0,
         ktime_ns: 1_000_000 + i * 1000,
         cgroup_id: 1000 + i % CONTAINERS,
         tgid: 10_000 + (i / 2 % 30_000) as u32,
-        pid: 10_000 + (i / 2 % 30_000) as u32,
         ns_tgid: 2 + (i / 2 % 30_000) as u32,
         ns_level: 1,
         comm,
@@ -49,21 +47,17 @@ fn records() -> Vec<Vec<u8>> {
                 sig: 10,
                 code: 0,
                 result: 0,
-                group: 1,
                 sender_tgid: 5,
-                sender_pid: 5,
                 sender_cgroup_id: 1,
                 sender_comm: [0; COMM_LEN],
             }),
             n if n % 2 == 0 => bytes(&ExecEvent {
                 header: header(EventKind::Exec, i),
-                parent_tgid: 2,
-                _pad: 0,
             }),
             _ => bytes(&ExitEvent {
                 header: header(EventKind::Exit, i),
                 exit_code: 0,
-                group_dead: 1,
+                _pad: 0,
             }),
         })
         .collect()
@@ -82,19 +76,23 @@ fn main() {
         assert_eq!(ok, EVENTS);
         decode_rates.push(EVENTS as f64 / t.elapsed().as_secs_f64());
 
-        let metrics = Arc::new(Metrics::new("bench"));
-        let mut resolver = Resolver::with_root(std::env::temp_dir());
+        let metrics = Metrics::new("bench");
+        let mut attributor = Attributor::new(Resolver::with_root(std::env::temp_dir()));
         for c in 0..CONTAINERS {
             let path = format!(
                 "/kubepods/besteffort/pod6f1c2d3e-1111-2222-3333-{:012x}/{:064x}",
                 c, c
             );
-            resolver
+            attributor
                 .insert(1000 + c, &path)
                 .expect("container path parses");
         }
-        let tracker = Tracker::new(TrackerOptions::default(), Clock::sample(), metrics.clone());
-        let mut p = Pipeline::new(resolver, tracker, metrics.clone());
+        let tracker = Tracker::new(
+            TrackerOptions::default(),
+            Clock::sample(),
+            metrics.termination.clone(),
+        );
+        let mut p = Pipeline::new(attributor, tracker, &metrics);
         let t = Instant::now();
         for r in &recs {
             p.handle_record(r);

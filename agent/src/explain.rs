@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde::Deserialize;
 
-use crate::{cli::ExplainArgs, termination::Termination};
+use crate::{cli::ExplainArgs, report::Termination};
 
 #[derive(Deserialize)]
 struct Body {
@@ -80,8 +80,8 @@ pub fn render(t: &Termination) -> String {
         _ => "container".to_string(),
     };
     let state = match t.state {
-        crate::termination::model::State::InProgress => "in progress",
-        crate::termination::model::State::Completed => "completed",
+        crate::report::State::InProgress => "in progress",
+        crate::report::State::Completed => "completed",
     };
     let grace = t
         .grace_period_seconds
@@ -135,7 +135,7 @@ pub fn render(t: &Termination) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::termination::model::{ContainerSummary, DiagnosisEntry, State, TimelineEntry};
+    use crate::report::{ContainerReport, DiagnosisEntry, State, TimelineEntry};
 
     #[test]
     fn targets_map_to_endpoints() {
@@ -162,7 +162,7 @@ mod tests {
             started_at: Some("2026-11-22T10:00:00.000000001Z".into()),
             finished_at: Some("2026-11-22T10:00:02.000000001Z".into()),
             grace_period_seconds: None,
-            containers: vec![ContainerSummary {
+            containers: vec![ContainerReport {
                 name: None,
                 container_id: "0123456789abcdef".into(),
                 pid1_comm: Some("sh".into()),

@@ -1,17 +1,32 @@
 //! Gracewatch: sees, from the kernel, how containers and pods terminate, and explains it.
 //!
-//! Data flows one way: `kernel` (load probes, read and decode the ring buffer) →
-//! `attribution` (cgroup id → container, pod) → `termination` (state per container,
-//! records per pod, classification) → `export` (metrics, HTTP). `pipeline` strings the
-//! hot path together; `run` is the agent's event loop; `explain` is the CLI client.
+//! Stages, in data-flow order (a stage imports only from stages before it):
+//! `kernel` (load probes, drain and decode the ring buffer) → `attribution` (cgroup id →
+//! container) → `kube` (watchers and the API's view of this node) → `join` (kernel facts ⋈
+//! pod facts) → `termination` (state per container, records per pod, classification) →
+//! `export` (HTTP: metrics, debug views). `pipeline` strings the hot path together and
+//! `run` wires the stages into the agent's event loop; `explain` is the CLI client.
+//!
+//! Leaves any stage may use: `clock` (boot clock ↔ wall clock), `metrics` (every metric,
+//! per subsystem) and `report` (what a termination looks like to a user).
 
-pub mod attribution;
 pub mod cli;
 pub mod clock;
-pub mod explain;
-pub mod export;
+pub mod metrics;
+pub mod report;
+
 pub mod kernel;
+
+pub mod attribution;
+
 pub mod kube;
+
+pub mod join;
+
+pub mod termination;
+
+pub mod export;
+
+pub mod explain;
 pub mod pipeline;
 pub mod run;
-pub mod termination;

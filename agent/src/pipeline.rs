@@ -1,75 +1,46 @@
 //! The hot path, decode → attribute → track, as one value the agent's event loop and the
-//! benchmark both drive. It owns the resolver and the tracker; cgroup changes it learns
-//! of are queued for the caller to mirror into the kernel's container-cgroup map.
+//! benchmark both drive. It wires the stages and nothing else: the kernel stage decodes,
+//! attribution finds the container (and learns new cgroups), the tracker keeps state. The
+//! cgroups attribution learns of are passed to the tracker and mirrored into the kernel's
+//! container-cgroup map.
 
-use std::{
-    collections::VecDeque,
-    path::Path,
-    sync::Arc,
-    time::{Duration, Instant},
-};
-
-use agent_ebpf::EventKind;
-use prometheus_client::metrics::counter::Counter;
+use std::sync::Arc;
 
 use crate::{
-    attribution::{ContainerInfo, Lookup, Resolver, ResolverError},
-    export::{metrics::KindLabels, metrics::ReasonLabels, Metrics},
-    kernel::decode,
-    termination::{SeedProcess, Tracker},
+    attribution::{Attributor, CgroupChange, ResolverError, Unattributed},
+    kernel::{decode, Probes},
+    metrics::{AttributionMetrics, KernelMetrics, Metrics},
+    termination::Tracker,
 };
 
-/// Why an event was not attributed (`gracewatch_unattributed_events_total{reason}`).
-#[derive(Clone, Copy, Debug)]
-enum Unattributed {
-    NotContainer = 0,
-    UnknownCgroup = 1,
-}
-
-/// How long a removed cgroup's attribution is kept for events still in flight.
-const FORGET_AFTER: Duration = Duration::from_secs(30);
-
 pub struct Pipeline {
-    pub resolver: Resolver,
-    pub tracker: Tracker,
-    metrics: Arc<Metrics>,
-    /// Indexed by `EventKind as usize`.
-    kind_counters: [Counter; 5],
-    /// Indexed by `Unattributed as usize`.
-    unattributed: [Counter; 2],
+    attributor: Attributor,
+    tracker: Tracker,
+    kernel_metrics: Arc<KernelMetrics>,
+    attribution_metrics: Arc<AttributionMetrics>,
     /// cgroup ids to add to / remove from the kernel's container map.
-    pub added_cgroups: Vec<u64>,
-    pub removed_cgroups: Vec<u64>,
-    forget_queue: VecDeque<(Instant, u64)>,
+    added_cgroups: Vec<u64>,
+    removed_cgroups: Vec<u64>,
 }
 
 impl Pipeline {
-    pub fn new(resolver: Resolver, tracker: Tracker, metrics: Arc<Metrics>) -> Self {
-        let kind_counters = [0u32, 1, 2, 3, 4].map(|k| {
-            let kind = EventKind::from_u32(k)
-                .map(EventKind::name)
-                .unwrap_or("invalid");
-            metrics
-                .bpf_events
-                .get_or_create(&KindLabels { kind })
-                .clone()
-        });
-        let unattributed = ["not_container", "unknown_cgroup"].map(|reason| {
-            metrics
-                .unattributed_events
-                .get_or_create(&ReasonLabels { reason })
-                .clone()
-        });
+    pub fn new(attributor: Attributor, tracker: Tracker, metrics: &Metrics) -> Self {
         Self {
-            resolver,
+            attributor,
             tracker,
-            metrics,
-            kind_counters,
-            unattributed,
+            kernel_metrics: metrics.kernel.clone(),
+            attribution_metrics: metrics.attribution.clone(),
             added_cgroups: Vec::new(),
             removed_cgroups: Vec::new(),
-            forget_queue: VecDeque::new(),
         }
+    }
+
+    pub fn tracker(&mut self) -> &mut Tracker {
+        &mut self.tracker
+    }
+
+    pub fn attributor(&mut self) -> &mut Attributor {
+        &mut self.attributor
     }
 
     /// Handles one ring-buffer record.
@@ -78,104 +49,54 @@ impl Pipeline {
             Ok(ev) => ev,
             Err(e) => {
                 tracing::debug!(error = %e, "dropping malformed kernel record");
-                self.metrics
-                    .decode_errors
-                    .get_or_create(&ReasonLabels {
-                        reason: e.metric_label(),
-                    })
-                    .inc();
+                self.kernel_metrics.decode_failed(e.metric_label());
                 return;
             }
         };
-        self.kind_counters[ev.kind() as usize].inc();
-        match self.attribute(ev.header().cgroup_id, ev.header().tgid) {
-            Ok(info) => self.tracker.handle(&info, &ev),
-            Err(reason) => {
-                self.unattributed[reason as usize].inc();
-            }
+        self.kernel_metrics.received(ev.kind());
+        let h = ev.header();
+        let attributed = self.attributor.attribute(h.cgroup_id, h.tgid);
+        self.apply_changes();
+        match attributed {
+            Ok(c) => self.tracker.handle(&c, &ev),
+            Err(Unattributed::NotContainer) => self.attribution_metrics.not_container(),
+            Err(Unattributed::UnknownCgroup) => self.attribution_metrics.unknown_cgroup(),
         }
     }
 
-    fn attribute(&mut self, cgroup_id: u64, tgid: u32) -> Result<Arc<ContainerInfo>, Unattributed> {
-        match self.resolver.lookup(cgroup_id) {
-            Lookup::Container(c) => Ok(c),
-            Lookup::NotContainer => Err(Unattributed::NotContainer),
-            Lookup::Unknown => {
-                // The task is usually still alive: ask the kernel where it is. A walk is
-                // the fallback (it also finds cgroups whose tasks are gone).
-                if let Some(info) = self.resolver.learn_from_proc(tgid, cgroup_id) {
-                    self.added(info.clone());
-                    return Ok(info);
-                }
-                if !self.resolver.rescan_due() {
-                    return Err(Unattributed::UnknownCgroup);
-                }
-                if let Err(e) = self.rescan() {
-                    tracing::warn!(error = %e, "cgroup walk failed");
-                }
-                match self.resolver.lookup(cgroup_id) {
-                    Lookup::Container(c) => Ok(c),
-                    Lookup::NotContainer => Err(Unattributed::NotContainer),
-                    Lookup::Unknown => Err(Unattributed::UnknownCgroup),
-                }
-            }
-        }
-    }
-
-    /// Walks the cgroup tree: new containers are seeded with their processes and queued
-    /// for the kernel map; removed ones are told to the tracker.
+    /// Walks the cgroup tree for containers that appeared or went.
     pub fn rescan(&mut self) -> Result<(), ResolverError> {
-        let delta = self.resolver.rescan()?;
-        for info in delta.added {
-            self.added(info);
-        }
-        let now = Instant::now();
-        for id in delta.removed {
-            self.tracker.cgroup_removed(id);
-            self.removed_cgroups.push(id);
-            self.forget_queue.push_back((now, id));
-        }
-        while let Some((at, id)) = self.forget_queue.front().copied() {
-            if now.duration_since(at) < FORGET_AFTER {
-                break;
+        let walked = self.attributor.rescan();
+        self.apply_changes();
+        walked
+    }
+
+    /// Mirrors the container cgroups learned since the last call into the kernel's map.
+    pub fn sync_kernel_map(&mut self, probes: &mut Probes) {
+        for id in self.added_cgroups.drain(..) {
+            if let Err(e) = probes.add_container_cgroup(id) {
+                tracing::warn!(error = %e, cgroup_id = id, "cannot mark container cgroup");
             }
-            self.forget_queue.pop_front();
-            self.resolver.forget(id);
         }
-        Ok(())
+        for id in self.removed_cgroups.drain(..) {
+            if let Err(e) = probes.remove_container_cgroup(id) {
+                tracing::warn!(error = %e, cgroup_id = id, "cannot unmark container cgroup");
+            }
+        }
     }
-}
 
-impl Pipeline {
-    fn added(&mut self, info: Arc<ContainerInfo>) {
-        let procs = seed_processes(self.resolver.root(), &info);
-        self.added_cgroups.push(info.cgroup_id);
-        self.tracker.observe_container(info, &procs);
+    fn apply_changes(&mut self) {
+        for change in self.attributor.take_changes() {
+            match change {
+                CgroupChange::Appeared(c, procs) => {
+                    self.added_cgroups.push(c.cgroup_id);
+                    self.tracker.observe_container(c, &procs);
+                }
+                CgroupChange::Removed(id) => {
+                    self.removed_cgroups.push(id);
+                    self.tracker.cgroup_removed(id);
+                }
+            }
+        }
     }
-}
-
-/// The processes already in a container's cgroup, with their PID-namespace ids, so a
-/// container that started before the agent still has a known PID 1.
-pub fn seed_processes(root: &Path, info: &ContainerInfo) -> Vec<SeedProcess> {
-    let procs_file = root
-        .join(info.path.trim_start_matches('/'))
-        .join("cgroup.procs");
-    let Ok(text) = std::fs::read_to_string(&procs_file) else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| l.trim().parse::<i32>().ok())
-        .filter_map(|pid| {
-            let proc = procfs::process::Process::new(pid).ok()?;
-            let status = proc.status().ok()?;
-            let nspid = status.nspid.clone().unwrap_or_else(|| vec![pid]);
-            Some(SeedProcess {
-                tgid: pid as u32,
-                ns_tgid: nspid.last().copied().unwrap_or(pid) as u32,
-                ns_level: nspid.len().saturating_sub(1) as u32,
-                start_time: proc.stat().map(|s| s.starttime).unwrap_or(u64::MAX),
-                comm: status.name,
-            })
-        })
-        .collect()
 }

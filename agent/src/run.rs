@@ -1,6 +1,7 @@
-//! `gracewatch run`: loads the probes, then runs the event loop that drains the ring
-//! buffer into the pipeline, finalizes terminations, walks cgroups, exports lost-event
-//! counts and publishes snapshots for the HTTP side.
+//! `gracewatch run`: wires the stages together (probes, attribution, the Kubernetes
+//! watchers, the tracker, the HTTP server) and runs the event loop that feeds them: ring
+//! records and API updates in, timers for finalizing, cgroup walks and kernel counters,
+//! snapshots out to the HTTP side.
 
 use std::{
     sync::{atomic::AtomicBool, atomic::Ordering, Arc},
@@ -16,22 +17,18 @@ use tokio::{
 };
 
 use crate::{
-    attribution::Resolver,
+    attribution::{Attributor, Resolver},
     cli::RunArgs,
     clock::{boot_now_ns, Clock},
-    export::{
-        http::{self, HttpState},
-        metrics::{KindLabels, ProgramLabels},
-        Metrics,
-    },
-    kernel::{LoadOptions, Probes},
+    export::http::{self, HttpState},
+    kernel::{drain, LoadOptions, Probes},
     kube::{self, KubeError},
+    metrics::Metrics,
     pipeline::Pipeline,
-    termination::{Snapshot, Tracker, TrackerOptions},
+    report::Snapshot,
+    termination::{Tracker, TrackerOptions},
 };
 
-/// Records handled per wake-up before the loop looks at its timers again.
-const DRAIN_BUDGET: usize = 16 * 1024;
 /// The probes wake the reader only when a quarter of the ring is used; in between it
 /// drains the ring this often, which bounds how late an event is seen.
 const RING_POLL: Duration = Duration::from_millis(10);
@@ -84,14 +81,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             ..TrackerOptions::default()
         },
         Clock::sample(),
-        metrics.clone(),
+        metrics.termination.clone(),
     );
-    let mut pipeline = Pipeline::new(resolver, tracker, metrics.clone());
+    let mut pipeline = Pipeline::new(Attributor::new(resolver), tracker, &metrics);
     let (kube_tx, mut kube_rx) = mpsc::channel(4096);
     let watchers = match kube_client {
         Some((client, node)) => {
             tracing::info!(node = %node, "watching this node's pods, their endpoints and kubelet events");
-            kube::watch::spawn(client, node, kube_tx, metrics.clone())
+            kube::watch::spawn(client, node, kube_tx, metrics.kube.clone())
         }
         None => {
             drop(kube_tx);
@@ -99,7 +96,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     pipeline.rescan().context("initial cgroup walk")?;
-    sync_container_map(&mut pipeline, &mut probes);
+    pipeline.sync_kernel_map(&mut probes);
     ready.store(true, Ordering::Release);
 
     // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the AsyncFd
@@ -111,7 +108,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     ring_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut rescan = tokio::time::interval(Duration::from_secs(2));
     let mut lost_poll = tokio::time::interval(Duration::from_secs(1));
-    let mut lost_seen = [0u64; 10];
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
@@ -119,115 +115,46 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("ring buffer poll")?;
                 // Left ready when the budget ran out, so the next poll returns at once.
-                if drain(guard.get_inner_mut(), &mut pipeline) {
+                if drain(guard.get_inner_mut(), |r| pipeline.handle_record(r)) {
                     guard.clear_ready();
                 }
-                sync_container_map(&mut pipeline, &mut probes);
+                pipeline.sync_kernel_map(&mut probes);
             }
             _ = ring_poll.tick() => {
-                drain(ring.get_mut(), &mut pipeline);
-                sync_container_map(&mut pipeline, &mut probes);
+                drain(ring.get_mut(), |r| pipeline.handle_record(r));
+                pipeline.sync_kernel_map(&mut probes);
             }
             Some(update) = kube_rx.recv() => {
                 // What the kernel saw before this API change is handled first: records
                 // wait in the ring for up to RING_POLL, a watch event does not.
-                drain(ring.get_mut(), &mut pipeline);
-                pipeline.tracker.kube(update);
+                drain(ring.get_mut(), |r| pipeline.handle_record(r));
+                pipeline.tracker().kube(update, boot_now_ns());
             }
             _ = tick.tick() => {
                 let now = boot_now_ns();
-                pipeline.tracker.tick(now);
-                if let Some(s) = pipeline.tracker.snapshot(now) {
+                pipeline.tracker().tick(now);
+                if let Some(s) = pipeline.tracker().snapshot(now) {
                     snap_tx.send_replace(s);
                 }
             }
             _ = rescan.tick() => {
                 // Picks up a stepped wall clock.
-                pipeline.tracker.set_clock(Clock::sample());
+                pipeline.tracker().set_clock(Clock::sample());
                 if let Err(e) = pipeline.rescan() {
                     tracing::warn!(error = %e, "cgroup walk failed");
                 }
-                sync_container_map(&mut pipeline, &mut probes);
+                pipeline.sync_kernel_map(&mut probes);
             }
-            _ = lost_poll.tick() => {
-                export_lost(&probes, &metrics, &mut lost_seen);
-                export_run_stats(&probes, &metrics);
-            }
+            _ = lost_poll.tick() => probes.export_counters(&metrics.kernel),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     tracing::info!("shutting down");
-    export_lost(&probes, &metrics, &mut lost_seen);
+    probes.export_counters(&metrics.kernel);
     server.abort();
     for w in watchers {
         w.abort();
     }
     Ok(())
-}
-
-/// Handles up to [`DRAIN_BUDGET`] records; true when the ring was emptied.
-fn drain(rb: &mut aya::maps::RingBuf<aya::maps::MapData>, pipeline: &mut Pipeline) -> bool {
-    for _ in 0..DRAIN_BUDGET {
-        match rb.next() {
-            Some(item) => pipeline.handle_record(&item),
-            None => return true,
-        }
-    }
-    false
-}
-
-fn sync_container_map(pipeline: &mut Pipeline, probes: &mut Probes) {
-    for id in pipeline.added_cgroups.drain(..) {
-        if let Err(e) = probes.add_container_cgroup(id) {
-            tracing::warn!(error = %e, cgroup_id = id, "cannot mark container cgroup");
-        }
-    }
-    for id in pipeline.removed_cgroups.drain(..) {
-        if let Err(e) = probes.remove_container_cgroup(id) {
-            tracing::warn!(error = %e, cgroup_id = id, "cannot unmark container cgroup");
-        }
-    }
-}
-
-/// Kernel-side counters (ring-full losses, probe failures) into their metrics, as deltas.
-fn export_lost(probes: &Probes, metrics: &Metrics, seen: &mut [u64; 10]) {
-    let sources = [
-        (probes.lost_counts(), &metrics.bpf_events_lost, 0usize),
-        (
-            probes.probe_error_counts(),
-            &metrics.bpf_probe_errors,
-            5usize,
-        ),
-    ];
-    for (counts, family, base) in sources {
-        match counts {
-            Ok(counts) => {
-                for (kind, total) in counts {
-                    let slot = &mut seen[base + kind as usize];
-                    if total > *slot {
-                        family
-                            .get_or_create(&KindLabels { kind: kind.name() })
-                            .inc_by(total - *slot);
-                        *slot = total;
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot read kernel-side counters"),
-        }
-    }
-}
-
-fn export_run_stats(probes: &Probes, metrics: &Metrics) {
-    for (program, runs, ns) in probes.run_stats() {
-        let labels = ProgramLabels { program };
-        metrics
-            .bpf_program_runs
-            .get_or_create(&labels)
-            .set(runs as i64);
-        metrics
-            .bpf_program_run_ns
-            .get_or_create(&labels)
-            .set(ns as i64);
-    }
 }

@@ -567,13 +567,14 @@ fn agent_started_while_the_pod_is_terminating() {
 fn api_server_restart_mid_watch_loses_and_duplicates_nothing() {
     let k = Cluster::new();
     let agent = k.agent();
-    // The app drains for 8 s: the outage ends, and the watches relist (kube's backoff:
-    // 0.8 s, 1.6 s, then 3.2 s after the 410), before it is done.
+    // The app drains for 12 s: the outage ends, and the watches relist (kube's backoff:
+    // 0.8 s, 1.6 s, then 3.2 s after the 410, each up to twice that with jitter), before
+    // it is done. With 8 s the relist sometimes came after the pod was gone.
     let mut def = web(
         "restart-1",
-        "trap 'sleep 8; exit 0' TERM; while true; do sleep 0.1; done",
+        "trap 'sleep 12; exit 0' TERM; while true; do sleep 0.1; done",
     );
-    def.grace_seconds = 15;
+    def.grace_seconds = 20;
     let pod = k.node.run_pod(def).expect("pod");
     std::thread::sleep(Duration::from_millis(500));
     let lists_before = k.api.count(Resource::Pods, Verb::List);

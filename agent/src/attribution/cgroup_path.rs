@@ -69,9 +69,9 @@ pub enum QosClass {
     BestEffort,
 }
 
-/// The container a cgroup path belongs to.
+/// What a cgroup path says about the container it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerCgroup {
+pub struct CgroupIdentity {
     /// 64 lowercase hex characters, exactly.
     pub container_id: String,
     /// Kubernetes pod uid in its API form (dashed UUID, or a 32-hex static-pod hash).
@@ -109,7 +109,7 @@ pub enum CgroupPathError {
 }
 
 /// Parses `path` (relative to the cgroup mount) into the container it belongs to.
-pub fn parse(path: &str) -> Result<ContainerCgroup, CgroupPathError> {
+pub fn parse(path: &str) -> Result<CgroupIdentity, CgroupPathError> {
     check_bytes(path)?;
     // /proc writes a leading `/`; kubelet and runc configs often spell paths without one.
     let relative = path.strip_prefix('/').unwrap_or(path);
@@ -168,8 +168,8 @@ struct Found<'a> {
 }
 
 impl Found<'_> {
-    fn into_owned(self, pod: Option<PodSlot<'_>>) -> ContainerCgroup {
-        ContainerCgroup {
+    fn into_owned(self, pod: Option<PodSlot<'_>>) -> CgroupIdentity {
+        CgroupIdentity {
             container_id: self.id.to_owned(),
             // systemd escapes the uid's dashes as underscores; the API spells it with dashes.
             pod_uid: pod.map(|p| p.uid.replace('_', "-")),
@@ -439,8 +439,8 @@ mod tests {
         runtime: Option<Runtime>,
         driver: CgroupDriver,
         qos: Option<QosClass>,
-    ) -> ContainerCgroup {
-        ContainerCgroup {
+    ) -> CgroupIdentity {
+        CgroupIdentity {
             container_id: id.to_owned(),
             pod_uid: pod_uid.map(str::to_owned),
             runtime,
@@ -454,15 +454,15 @@ mod tests {
         runtime: Option<Runtime>,
         driver: CgroupDriver,
         qos: QosClass,
-    ) -> ContainerCgroup {
+    ) -> CgroupIdentity {
         cg(id, Some(UID), runtime, driver, Some(qos))
     }
 
-    fn bare(id: &str, runtime: Runtime, driver: CgroupDriver) -> ContainerCgroup {
+    fn bare(id: &str, runtime: Runtime, driver: CgroupDriver) -> CgroupIdentity {
         cg(id, None, Some(runtime), driver, None)
     }
 
-    fn expect(path: &str, want: ContainerCgroup) {
+    fn expect(path: &str, want: CgroupIdentity) {
         assert_eq!(parse(path), Ok(want), "path: {path}");
     }
 

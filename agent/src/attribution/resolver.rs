@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::cgroup_path::{self, ContainerCgroup};
+use super::cgroup_path::{self, CgroupIdentity};
 
 /// `statfs` magic of a cgroup v2 file system.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -34,16 +34,17 @@ pub enum ResolverError {
     },
 }
 
-/// A container, as far as its cgroup tells.
+/// A container as the kernel side knows it: its cgroup id, the cgroup path, and what the
+/// path says (container id, pod uid, runtime).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerInfo {
+pub struct CgroupContainer {
     pub cgroup_id: u64,
     /// Path relative to the cgroup v2 mount, starting with `/`.
     pub path: String,
-    pub cgroup: ContainerCgroup,
+    pub cgroup: CgroupIdentity,
 }
 
-impl ContainerInfo {
+impl CgroupContainer {
     /// The 12-character id people and Docker use.
     pub fn short_id(&self) -> &str {
         &self.cgroup.container_id[..12]
@@ -53,7 +54,7 @@ impl ContainerInfo {
 /// Answer of [`Resolver::lookup`].
 #[derive(Debug, Clone)]
 pub enum Lookup {
-    Container(Arc<ContainerInfo>),
+    Container(Arc<CgroupContainer>),
     /// A cgroup that exists (or existed) and is not a container's.
     NotContainer,
     /// Not seen by any walk yet.
@@ -62,7 +63,7 @@ pub enum Lookup {
 
 #[derive(Debug, Clone)]
 enum Entry {
-    Container(Arc<ContainerInfo>),
+    Container(Arc<CgroupContainer>),
     /// A cgroup that exists but is not a container (host service, pod slice, ...).
     NotContainer,
 }
@@ -70,7 +71,7 @@ enum Entry {
 /// Result of a walk: containers that appeared and cgroups that disappeared.
 #[derive(Debug, Default)]
 pub struct ScanDelta {
-    pub added: Vec<Arc<ContainerInfo>>,
+    pub added: Vec<Arc<CgroupContainer>>,
     pub removed: Vec<u64>,
 }
 
@@ -124,7 +125,7 @@ impl Resolver {
     /// Learns the cgroup of a live process from `/proc/<tgid>/cgroup`, accepting it only
     /// when that directory's inode is `cgroup_id` (the process may have moved). Returns
     /// the container it belongs to, if any, when this is news.
-    pub fn learn_from_proc(&mut self, tgid: u32, cgroup_id: u64) -> Option<Arc<ContainerInfo>> {
+    pub fn learn_from_proc(&mut self, tgid: u32, cgroup_id: u64) -> Option<Arc<CgroupContainer>> {
         let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()?;
         let path = text.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
         let dir = self.root.join(path.trim_start_matches('/'));
@@ -136,9 +137,9 @@ impl Resolver {
     }
 
     /// Records a cgroup directly (tests, benchmarks, and paths learned from /proc).
-    pub fn insert(&mut self, cgroup_id: u64, path: &str) -> Option<Arc<ContainerInfo>> {
+    pub fn insert(&mut self, cgroup_id: u64, path: &str) -> Option<Arc<CgroupContainer>> {
         let entry = match cgroup_path::parse(path) {
-            Ok(cgroup) => Entry::Container(Arc::new(ContainerInfo {
+            Ok(cgroup) => Entry::Container(Arc::new(CgroupContainer {
                 cgroup_id,
                 path: path.to_string(),
                 cgroup,

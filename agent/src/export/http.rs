@@ -18,8 +18,8 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::watch};
 
-use super::Metrics;
-use crate::termination::{model::TerminationsBody, Snapshot};
+use crate::metrics::Metrics;
+use crate::report::{Snapshot, Termination, TerminationsBody};
 
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
@@ -133,7 +133,7 @@ fn pod_terminations(state: &HttpState, ns: &str, pod: &str) -> Response<Full<Byt
 }
 
 /// The terminations a lookup found; 404 (with an empty list) when none.
-fn found(terminations: Vec<&crate::termination::Termination>) -> Response<Full<Bytes>> {
+fn found(terminations: Vec<&Termination>) -> Response<Full<Bytes>> {
     let status = if terminations.is_empty() {
         StatusCode::NOT_FOUND
     } else {
@@ -153,4 +153,153 @@ fn container(state: &HttpState, prefix: &str) -> Response<Full<Bytes>> {
     }
     let snap = state.snapshot.borrow().clone();
     found(snap.by_container_prefix(prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{ContainerReport, State};
+    use http_body_util::BodyExt;
+
+    fn termination(ns: &str, pod: &str, id: &str) -> Arc<Termination> {
+        Arc::new(Termination {
+            namespace: Some(ns.into()),
+            pod: Some(pod.into()),
+            state: State::Completed,
+            containers: vec![ContainerReport {
+                name: Some("app".into()),
+                container_id: id.into(),
+                pid1_comm: Some("app".into()),
+                outcome: Some("graceful".into()),
+                exit_code: Some(0),
+                exit_signal: None,
+                sigterm_to_exit_seconds: Some(0.2),
+            }],
+            ..Termination::in_progress(Some("u1".into()))
+        })
+    }
+
+    fn state(ready: bool) -> HttpState {
+        let snap = Snapshot {
+            terminations: vec![
+                termination("shop", "web-1", &"ab".repeat(32)),
+                termination("shop", "web-2", &"cd".repeat(32)),
+            ],
+        };
+        let (_tx, rx) = watch::channel(Arc::new(snap));
+        HttpState {
+            metrics: Arc::new(Metrics::new("test")),
+            snapshot: rx,
+            ready: Arc::new(AtomicBool::new(ready)),
+        }
+    }
+
+    fn body(resp: Response<Full<Bytes>>) -> (StatusCode, String, String) {
+        let status = resp.status();
+        let ctype = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = futures::executor::block_on(resp.into_body().collect())
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        (status, ctype, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[test]
+    fn routes() {
+        let s = state(true);
+        // (GET?, path, status, content type starts with, body contains)
+        let cases = [
+            (
+                true,
+                "/metrics",
+                StatusCode::OK,
+                "application/openmetrics-text",
+                "gracewatch_build_info",
+            ),
+            (true, "/healthz", StatusCode::OK, "text/plain", "ok"),
+            (true, "/readyz", StatusCode::OK, "text/plain", "ready"),
+            (
+                true,
+                "/debug/terminations",
+                StatusCode::OK,
+                "application/json",
+                "web-2",
+            ),
+            (
+                true,
+                "/debug/terminations/shop/web-1",
+                StatusCode::OK,
+                "application/json",
+                "\"pod\": \"web-1\"",
+            ),
+            (
+                true,
+                "/debug/terminations/shop/nope",
+                StatusCode::NOT_FOUND,
+                "application/json",
+                "\"terminations\": []",
+            ),
+            (
+                true,
+                "/debug/terminations/shop/web-1/x",
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "no such endpoint",
+            ),
+            (
+                true,
+                "/debug/terminations/container/abab",
+                StatusCode::OK,
+                "application/json",
+                "web-1",
+            ),
+            (
+                true,
+                "/debug/terminations/container/ABAB",
+                StatusCode::BAD_REQUEST,
+                "application/json",
+                "not a container id prefix",
+            ),
+            (
+                true,
+                "/debug/terminations/container/",
+                StatusCode::BAD_REQUEST,
+                "application/json",
+                "not a container id prefix",
+            ),
+            (
+                true,
+                "/nope",
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "no such endpoint: /nope",
+            ),
+            (
+                false,
+                "/metrics",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "only GET",
+            ),
+        ];
+        for (get, path, status, ctype, contains) in cases {
+            let (got_status, got_type, text) = body(route_path(&s, get, path));
+            assert_eq!(got_status, status, "{path}: {text}");
+            assert!(got_type.starts_with(ctype), "{path}: {got_type}");
+            assert!(text.contains(contains), "{path}: {text}");
+        }
+        let by_prefix = body(route_path(&s, true, "/debug/terminations/container/abab")).2;
+        assert!(!by_prefix.contains("web-2"), "{by_prefix}");
+    }
+
+    #[test]
+    fn not_ready_until_the_probes_are_attached() {
+        let (status, _, text) = body(route_path(&state(false), true, "/readyz"));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(text.contains("kernel probes are not attached"), "{text}");
+    }
 }

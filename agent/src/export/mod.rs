@@ -1,8 +1,5 @@
-//! Everything that leaves the agent: Prometheus metrics, the HTTP server (`/metrics`,
-//! health, `/debug/terminations`). Export reads what the tracker publishes; it never
-//! changes termination state.
+//! Everything that leaves the agent over HTTP: `/metrics` (what the metrics layer holds),
+//! health, and `/debug/terminations` (the snapshots the tracker publishes). Export reads;
+//! it never changes termination state.
 
 pub mod http;
-pub mod metrics;
-
-pub use metrics::{ContainerLabels, Metrics};

@@ -14,9 +14,11 @@ use aya::{
 };
 
 use super::{btf, KernelError};
+use crate::metrics::KernelMetrics;
 
 /// The compiled probes, embedded at build time by `build.rs`.
-static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gracewatch-probes"));
+static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gracewatch-probes"));
 
 /// (program name in the object, raw tracepoint it attaches to)
 pub const PROGRAMS: [(&str, &str); 4] = [
@@ -139,6 +141,20 @@ impl Probes {
                 ))
             })
             .collect()
+    }
+
+    /// The kernel-side counters (records lost to a full ring, events the probes gave up
+    /// on, program run statistics) into their metrics.
+    pub fn export_counters(&self, metrics: &KernelMetrics) {
+        match (self.lost_counts(), self.probe_error_counts()) {
+            (Ok(lost), Ok(errors)) => metrics.kernel_totals(&lost, &errors),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot read kernel-side counters")
+            }
+        }
+        for (program, runs, ns) in self.run_stats() {
+            metrics.program_stats(&program, runs, ns);
+        }
     }
 }
 

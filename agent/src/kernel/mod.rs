@@ -1,11 +1,14 @@
 //! The kernel side as user space sees it: finding struct offsets in BTF, loading and
-//! attaching the probes, reading the ring buffer, and decoding its records.
+//! attaching the probes, draining the ring buffer, decoding its records, and the
+//! kernel-side counters (lost records, probe errors, run statistics).
 
 pub mod btf;
 pub mod decode;
+pub mod drain;
 pub mod loader;
 
 pub use decode::{decode, DecodeError, ExitStatus, KernelEvent};
+pub use drain::drain;
 pub use loader::{LoadOptions, Probes};
 
 /// Everything that can go wrong between this process and the kernel.

@@ -1,10 +1,13 @@
-//! The Kubernetes side: this node's pods, the endpoints of those pods, and kubelet's
-//! Events about them, turned into [`KubeUpdate`]s the tracker joins with kernel events.
+//! The Kubernetes side: watchers of this node's pods, the endpoints of those pods and
+//! kubelet's Events about them (`watch`), the model each pod is converted into on arrival
+//! (`model`), and the API's view of the node that the updates build (`node`).
 
 pub mod model;
+pub mod node;
 pub mod watch;
 
-pub use model::{ContainerKind, PodInfo, PreStop};
+pub use model::{ApiContainerKind, ApiPod, PreStop, SANDBOX};
+pub use node::{ApiPodState, NodeView, PodChange};
 pub use watch::{EndpointState, KubeUpdate};
 
 use std::path::Path;

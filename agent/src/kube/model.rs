@@ -6,6 +6,10 @@ use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use time::OffsetDateTime;
 
+/// Container name kubelet gives a pod's sandbox ("pause") container in its own records;
+/// Gracewatch uses it as the sandbox's `container` label.
+pub const SANDBOX: &str = "POD";
+
 /// Kubernetes' default `terminationGracePeriodSeconds`.
 pub const DEFAULT_GRACE_SECONDS: i64 = 30;
 
@@ -24,7 +28,7 @@ pub enum PreStop {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ContainerKind {
+pub enum ApiContainerKind {
     App,
     /// Init containers, native sidecars (`restartPolicy: Always`) among them.
     Init,
@@ -32,24 +36,24 @@ pub enum ContainerKind {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ContainerModel {
+pub struct ApiContainer {
     pub name: String,
-    pub kind: ContainerKind,
+    pub kind: ApiContainerKind,
     pub prestop: Option<PreStop>,
     /// Runtime container id without its `containerd://` scheme, once started.
     pub container_id: Option<String>,
-    pub terminated: Option<Terminated>,
+    pub terminated: Option<ApiTerminated>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Terminated {
+pub struct ApiTerminated {
     pub exit_code: i32,
     pub signal: Option<i32>,
     pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodInfo {
+pub struct ApiPod {
     pub uid: String,
     pub namespace: String,
     pub name: String,
@@ -60,24 +64,24 @@ pub struct PodInfo {
     pub deletion_grace_seconds: Option<i64>,
     pub termination_grace_seconds: i64,
     pub finalizers: Vec<String>,
-    pub containers: Vec<ContainerModel>,
+    pub containers: Vec<ApiContainer>,
 }
 
-impl PodInfo {
+impl ApiPod {
     /// The grace kubelet applies: the deletion's, else the spec's, else 30 s.
     pub fn effective_grace_seconds(&self) -> i64 {
         self.deletion_grace_seconds
             .unwrap_or(self.termination_grace_seconds)
     }
 
-    pub fn container_by_id(&self, id: &str) -> Option<&ContainerModel> {
+    pub fn container_by_id(&self, id: &str) -> Option<&ApiContainer> {
         self.containers
             .iter()
             .find(|c| c.container_id.as_deref() == Some(id))
     }
 }
 
-pub fn pod_info(pod: &Pod) -> Result<PodInfo, ModelError> {
+pub fn api_pod(pod: &Pod) -> Result<ApiPod, ModelError> {
     let meta = &pod.metadata;
     let uid = meta.uid.clone().ok_or(ModelError::MissingField("uid"))?;
     let name = meta.name.clone().ok_or(ModelError::MissingField("name"))?;
@@ -96,32 +100,32 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ModelError> {
         };
     let app = statuses(|s| &s.container_statuses);
     let init = statuses(|s| &s.init_container_statuses);
-    let mut containers: Vec<ContainerModel> = spec
+    let mut containers: Vec<ApiContainer> = spec
         .map(|s| {
             s.containers
                 .iter()
-                .map(|c| container(c, &app, ContainerKind::App))
+                .map(|c| container(c, &app, ApiContainerKind::App))
                 .collect()
         })
         .unwrap_or_default();
     containers.extend(
         spec.iter()
             .flat_map(|s| s.init_containers.iter().flatten())
-            .map(|c| container(c, &init, ContainerKind::Init)),
+            .map(|c| container(c, &init, ApiContainerKind::Init)),
     );
     // Ephemeral containers (kubectl debug) only matter for naming their cgroup.
     containers.extend(
         statuses(|s| &s.ephemeral_container_statuses)
             .into_iter()
-            .map(|st| ContainerModel {
+            .map(|st| ApiContainer {
                 name: st.name.clone(),
-                kind: ContainerKind::Ephemeral,
+                kind: ApiContainerKind::Ephemeral,
                 prestop: None,
                 container_id: st.container_id.as_deref().map(strip_scheme),
                 terminated: None,
             }),
     );
-    Ok(PodInfo {
+    Ok(ApiPod {
         uid,
         namespace,
         name,
@@ -143,7 +147,7 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, ModelError> {
     })
 }
 
-fn container(c: &Container, statuses: &[&ContainerStatus], kind: ContainerKind) -> ContainerModel {
+fn container(c: &Container, statuses: &[&ContainerStatus], kind: ApiContainerKind) -> ApiContainer {
     let status = statuses.iter().find(|s| s.name == c.name);
     let hook = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
     let prestop = hook.and_then(|h| {
@@ -157,7 +161,7 @@ fn container(c: &Container, statuses: &[&ContainerStatus], kind: ContainerKind) 
             h.tcp_socket.as_ref().map(|_| PreStop::TcpSocket)
         }
     });
-    ContainerModel {
+    ApiContainer {
         name: c.name.clone(),
         kind,
         prestop,
@@ -167,7 +171,7 @@ fn container(c: &Container, statuses: &[&ContainerStatus], kind: ContainerKind) 
         terminated: status
             .and_then(|s| s.state.as_ref())
             .and_then(|s| s.terminated.as_ref())
-            .map(|t| Terminated {
+            .map(|t| ApiTerminated {
                 exit_code: t.exit_code,
                 signal: t.signal,
                 reason: t.reason.clone(),
@@ -303,7 +307,7 @@ mod tests {
 
     #[test]
     fn converts_a_pod() {
-        let p = pod_info(&pod_json(serde_json::json!({
+        let p = api_pod(&pod_json(serde_json::json!({
             "deletionTimestamp": "2026-11-22T10:00:30Z",
             "deletionGracePeriodSeconds": 10,
             "finalizers": ["example.com/hold"]
@@ -332,7 +336,7 @@ mod tests {
         let sidecar = p.container_by_id("def").expect("init container by id");
         assert_eq!(
             (sidecar.name.as_str(), sidecar.kind),
-            ("proxy", ContainerKind::Init)
+            ("proxy", ApiContainerKind::Init)
         );
         assert!(p.deletion_timestamp.is_some());
     }
@@ -341,7 +345,7 @@ mod tests {
     fn missing_identity_is_an_error() {
         let mut pod = pod_json(serde_json::json!({}));
         pod.metadata.uid = None;
-        assert_eq!(pod_info(&pod), Err(ModelError::MissingField("uid")));
+        assert_eq!(api_pod(&pod), Err(ModelError::MissingField("uid")));
         let bare = Pod {
             metadata: ObjectMeta {
                 uid: Some("u".into()),
@@ -351,7 +355,7 @@ mod tests {
             },
             ..Default::default()
         };
-        let p = pod_info(&bare).expect("a pod without spec or status still converts");
+        let p = api_pod(&bare).expect("a pod without spec or status still converts");
         assert_eq!(p.effective_grace_seconds(), DEFAULT_GRACE_SECONDS);
         assert!(p.containers.is_empty());
     }

@@ -22,8 +22,8 @@ use kube::{
 use time::OffsetDateTime;
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use super::model::{pod_info, to_datetime, PodInfo};
-use crate::{clock::boot_now_ns, export::Metrics};
+use super::model::{api_pod, to_datetime, ApiPod};
+use crate::{clock::boot_now_ns, metrics::KubeMetrics};
 
 /// kubelet Event reasons that belong on a termination timeline.
 pub const KUBELET_REASONS: [&str; 4] = [
@@ -45,7 +45,7 @@ pub struct EndpointState {
 #[derive(Debug)]
 pub enum KubeUpdate {
     /// A pod of this node was added or changed. `at_ns`: boot-clock time of arrival.
-    Pod { pod: Arc<PodInfo>, at_ns: u64 },
+    Pod { pod: Arc<ApiPod>, at_ns: u64 },
     /// A pod left the API (deleted for good).
     PodRemoved { uid: String, at_ns: u64 },
     /// After a (re)list: the complete set of this node's pods; any other is gone.
@@ -74,7 +74,7 @@ pub fn spawn(
     client: Client,
     node: String,
     tx: mpsc::Sender<KubeUpdate>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<KubeMetrics>,
 ) -> Vec<JoinHandle<()>> {
     let known = Arc::new(RwLock::new(HashSet::new()));
     vec![
@@ -89,16 +89,16 @@ pub fn spawn(
     ]
 }
 
-fn count_error(metrics: &Metrics, resource: &'static str, e: &watcher::Error) {
+fn count_error(metrics: &KubeMetrics, resource: &'static str, e: &watcher::Error) {
     tracing::warn!(resource, error = %e, "watch failed; retrying with backoff");
-    metrics.kube_watch_error(resource);
+    metrics.watch_error(resource);
 }
 
 async fn pods(
     client: Client,
     node: String,
     tx: mpsc::Sender<KubeUpdate>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<KubeMetrics>,
     known: Arc<RwLock<HashSet<String>>>,
 ) {
     let api: Api<Pod> = Api::all(client.clone());
@@ -113,7 +113,7 @@ async fn pods(
                 listing = Some(HashSet::new());
                 continue;
             }
-            Ok(watcher::Event::InitApply(p) | watcher::Event::Apply(p)) => match pod_info(&p) {
+            Ok(watcher::Event::InitApply(p) | watcher::Event::Apply(p)) => match api_pod(&p) {
                 Ok(info) => {
                     if let Some(l) = listing.as_mut() {
                         l.insert(info.uid.clone());
@@ -137,7 +137,7 @@ async fn pods(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "ignoring malformed pod");
-                    metrics.kube_watch_error("pods");
+                    metrics.watch_error("pods");
                     continue;
                 }
             },
@@ -195,7 +195,7 @@ async fn kubelet_events(
     client: Client,
     uid: String,
     tx: mpsc::Sender<KubeUpdate>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<KubeMetrics>,
 ) {
     let api: Api<Event> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("involvedObject.uid={uid}"));
@@ -249,7 +249,7 @@ async fn endpoint_slices(
     client: Client,
     node: String,
     tx: mpsc::Sender<KubeUpdate>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<KubeMetrics>,
     known: Arc<RwLock<HashSet<String>>>,
 ) {
     let api: Api<EndpointSlice> = Api::all(client);
@@ -379,5 +379,111 @@ fn diff(
             state: None,
             at_ns,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(endpoints: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+        }))
+        .expect("slice")
+    }
+
+    fn endpoint(uid: &str, node: &str, conditions: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "addresses": ["10.1.0.7"],
+            "nodeName": node,
+            "targetRef": {"kind": "Pod", "uid": uid, "name": uid, "namespace": "shop"},
+            "conditions": conditions,
+        })
+    }
+
+    #[test]
+    fn keeps_only_this_nodes_pod_endpoints_with_api_defaults() {
+        let known = RwLock::new(HashSet::from(["moved".to_string()]));
+        let s = slice(serde_json::json!([
+            endpoint("mine", "node-a", serde_json::json!({})),
+            endpoint("other", "node-b", serde_json::json!({"ready": true})),
+            // A pod of ours whose endpoint still names its old node.
+            endpoint("moved", "node-b", serde_json::json!({"ready": false, "terminating": true})),
+            {"addresses": ["10.1.0.9"], "nodeName": "node-a"},
+            {"addresses": ["10.1.0.8"], "nodeName": "node-a",
+             "targetRef": {"kind": "Node", "uid": "n", "name": "node-a"}},
+        ]));
+        let got = ours(&s, "node-a", &known);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(
+            got["mine"],
+            EndpointState {
+                ready: true,
+                serving: true,
+                terminating: false
+            },
+            "absent conditions take the API's defaults"
+        );
+        assert!(got["moved"].terminating && !got["moved"].ready);
+        assert_eq!(slice_key(&s), "shop/web-abc");
+    }
+
+    #[test]
+    fn diff_reports_changes_and_removals_only() {
+        let up = EndpointState {
+            ready: true,
+            serving: true,
+            terminating: false,
+        };
+        let down = EndpointState {
+            ready: false,
+            serving: true,
+            terminating: true,
+        };
+        let before: SliceEndpoints = [("a".into(), up), ("b".into(), up), ("c".into(), up)].into();
+        let now: SliceEndpoints = [("a".into(), up), ("b".into(), down), ("d".into(), up)].into();
+        let mut out = Vec::new();
+        diff("shop/web-abc", "web", &before, &now, 7, &mut out);
+        let mut seen: Vec<(String, Option<EndpointState>)> = out
+            .into_iter()
+            .map(|u| match u {
+                KubeUpdate::Endpoint {
+                    pod_uid,
+                    state,
+                    slice,
+                    service,
+                    at_ns,
+                } => {
+                    assert_eq!(
+                        (slice.as_str(), service.as_str(), at_ns),
+                        ("shop/web-abc", "web", 7)
+                    );
+                    (pod_uid, state)
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        seen.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            seen,
+            [
+                ("b".to_string(), Some(down)),
+                ("c".to_string(), None),
+                ("d".to_string(), Some(up))
+            ]
+        );
+        // A deleted slice removes every endpoint it had.
+        let mut slices = HashMap::from([("shop/web-abc".to_string(), ("web".to_string(), now))]);
+        let mut out = Vec::new();
+        forget_slice(&mut slices, "shop/web-abc", 8, &mut out);
+        assert_eq!(out.len(), 3);
+        assert!(out
+            .iter()
+            .all(|u| matches!(u, KubeUpdate::Endpoint { state: None, .. })));
+        assert!(slices.is_empty());
     }
 }

@@ -60,9 +60,9 @@ pub struct SignalFact {
     pub sender_tgid: u32,
 }
 
-/// Everything known about one container's end.
+/// Everything the kernel showed about one container's end.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ContainerFacts {
+pub struct KernelFacts {
     pub pid1_comm: Option<String>,
     pub pid1_exit: Option<ExitStatus>,
     pub pid1_exit_ns: Option<u64>,
@@ -84,14 +84,14 @@ pub struct ContainerFacts {
     pub killed_unwarned: Vec<String>,
 }
 
-impl ContainerFacts {
+impl KernelFacts {
     pub fn sigterm_to_exit_ns(&self) -> Option<u64> {
         let term = self.first_sigterm.as_ref()?.at_ns;
         Some(self.pid1_exit_ns?.saturating_sub(term))
     }
 }
 
-pub fn outcome(f: &ContainerFacts) -> Outcome {
+pub fn outcome(f: &KernelFacts) -> Outcome {
     let Some(exit) = f.pid1_exit else {
         return Outcome::Unknown;
     };
@@ -161,7 +161,7 @@ fn secs(ns: u64) -> String {
     format!("{:.3}s", ns as f64 / 1e9)
 }
 
-pub fn diagnoses(f: &ContainerFacts) -> Vec<Diagnosis> {
+pub fn diagnoses(f: &KernelFacts) -> Vec<Diagnosis> {
     let mut out = Vec::new();
     let comm = f.pid1_comm.as_deref().unwrap_or("?");
     let shell = is_shell(comm);
@@ -242,8 +242,8 @@ mod tests {
         })
     }
 
-    fn exited(code: u8, at: u64) -> ContainerFacts {
-        ContainerFacts {
+    fn exited(code: u8, at: u64) -> KernelFacts {
+        KernelFacts {
             pid1_comm: Some("app".into()),
             pid1_exit: Some(ExitStatus::Exited(code)),
             pid1_exit_ns: Some(at),
@@ -251,8 +251,8 @@ mod tests {
         }
     }
 
-    fn killed(signal: u8, at: u64) -> ContainerFacts {
-        ContainerFacts {
+    fn killed(signal: u8, at: u64) -> KernelFacts {
+        KernelFacts {
             pid1_exit: Some(ExitStatus::Signaled {
                 signal,
                 core: false,
@@ -263,7 +263,7 @@ mod tests {
 
     #[test]
     fn sigterm_then_exit_is_graceful() {
-        let f = ContainerFacts {
+        let f = KernelFacts {
             first_sigterm: sig(1_000, "runc"),
             ..exited(0, 1_250_000_000)
         };
@@ -274,7 +274,7 @@ mod tests {
 
     #[test]
     fn ignored_sigterm_then_sigkill_is_a_forced_kill() {
-        let f = ContainerFacts {
+        let f = KernelFacts {
             pid1_comm: Some("sh".into()),
             first_sigterm: sig(1_000_000_000, "runc"),
             sigterm_ignored_by_pid1: true,
@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn shell_that_keeps_its_children_unaware_is_diagnosed() {
-        let f = ContainerFacts {
+        let f = KernelFacts {
             pid1_comm: Some("sh".into()),
             first_sigterm: sig(1, "runc"),
             sigterm_ignored_by_pid1: true,
@@ -310,7 +310,7 @@ mod tests {
         assert_eq!(d[0].code, Code::ShellDidNotForwardSigterm);
         assert!(d[0].message.starts_with("PID 1 is /bin/sh and did not forward SIGTERM to 1 child process (sleep): use exec form"));
         // A shell whose children got SIGTERM, or ended on their own, is fine.
-        let forwarded = ContainerFacts {
+        let forwarded = KernelFacts {
             killed_unwarned: vec![],
             ..f.clone()
         };
@@ -318,7 +318,7 @@ mod tests {
             .iter()
             .all(|d| d.code != Code::ShellDidNotForwardSigterm));
         // A non-shell PID 1 with children is not a shell problem.
-        let app = ContainerFacts {
+        let app = KernelFacts {
             pid1_comm: Some("java".into()),
             ..f
         };
@@ -329,12 +329,12 @@ mod tests {
 
     #[test]
     fn sigkill_without_sigterm_oom_and_crashes() {
-        let f = ContainerFacts {
+        let f = KernelFacts {
             external_sigkill: sig(5, "runc"),
             ..killed(9, 6)
         };
         assert_eq!(outcome(&f), Outcome::KilledWithoutSigterm);
-        let oom = ContainerFacts {
+        let oom = KernelFacts {
             kernel_sigkill: sig(5, "app"),
             ..killed(9, 6)
         };
@@ -347,12 +347,12 @@ mod tests {
             Outcome::Unknown,
             "SIGKILL from nowhere seen"
         );
-        assert_eq!(outcome(&ContainerFacts::default()), Outcome::Unknown);
+        assert_eq!(outcome(&KernelFacts::default()), Outcome::Unknown);
     }
 
     #[test]
     fn what_happened_before_the_agent_started_is_not_invented() {
-        let f = ContainerFacts {
+        let f = KernelFacts {
             external_sigkill: sig(5, "runc"),
             partial: true,
             ..killed(9, 6)
@@ -362,12 +362,12 @@ mod tests {
             Outcome::Unknown,
             "the SIGTERM may have come before we watched"
         );
-        let exited = ContainerFacts {
+        let exited = KernelFacts {
             partial: true,
             ..exited(0, 6)
         };
         assert_eq!(outcome(&exited), Outcome::Unknown);
-        let seen = ContainerFacts {
+        let seen = KernelFacts {
             first_sigterm: sig(4, "runc"),
             ..f
         };
@@ -380,7 +380,7 @@ mod tests {
 
     #[test]
     fn sigterm_after_the_kill_does_not_make_it_forced() {
-        let f = ContainerFacts {
+        let f = KernelFacts {
             first_sigterm: sig(9, "runc"),
             external_sigkill: sig(5, "runc"),
             ..killed(9, 10)

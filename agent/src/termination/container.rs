@@ -8,17 +8,15 @@ use std::{
 };
 
 use agent_ebpf::{handler, si_code, sig_result};
-use prometheus_client::metrics::counter::Counter;
 
-use super::{
-    classify::{Code, ContainerFacts, Diagnosis, SignalFact, SIGKILL, SIGTERM},
-    model::{signal_name, TimelineEntry},
-};
+use super::classify::{Code, Diagnosis, KernelFacts, SignalFact, SIGKILL, SIGTERM};
 use crate::{
-    attribution::ContainerInfo,
+    attribution::CgroupContainer,
     clock::Clock,
-    export::{metrics::SignalLabels, ContainerLabels, Metrics},
+    join::Placement,
     kernel::{decode::comm_str, ExitStatus},
+    metrics::{Subject, TerminationMetrics},
+    report::{signal_name, TimelineEntry},
 };
 
 /// Timeline entries kept per container; a signal storm must not grow memory.
@@ -35,50 +33,50 @@ pub(super) struct Proc {
     got_sigterm: bool,
 }
 
-pub(crate) struct ContainerState {
-    pub(super) info: Arc<ContainerInfo>,
-    pub(super) labels: ContainerLabels,
+/// One container's live state while the tracker follows it: its processes, PID 1, the
+/// facts gathered for classification and the kernel's timeline of its termination.
+pub(super) struct ContainerTrack {
+    pub(super) container: Arc<CgroupContainer>,
+    /// Who its metrics are about.
+    pub(super) subject: Subject,
+    /// Container name (Kubernetes mode).
+    pub(super) name: Option<String>,
+    /// The pod's sandbox: its end is part of the pod's story, not an outcome.
+    pub(super) sandbox: bool,
     pub(super) pid1: Option<u32>,
     pub(super) procs: HashMap<u32, Proc>,
-    pub(super) facts: ContainerFacts,
+    pub(super) facts: KernelFacts,
     pub(super) terminating_since: Option<u64>,
     pub(super) timeline: Vec<TimelineEntry>,
     pub(super) timeline_dropped: u64,
     pub(super) last_exit_ns: Option<u64>,
     pub(super) last_event_ns: u64,
     pub(super) gone: bool,
-    pub(super) signal_counters: HashMap<(u32, u32), Counter>,
     /// Processes whose exit was recorded lately (to drop duplicate exit records).
     recent_exits: VecDeque<u32>,
     /// PID-namespace depth of PID 1 (0: the container shares the host's).
     pid1_ns_level: Option<u32>,
-    /// Container name (Kubernetes mode).
-    pub(super) name: Option<String>,
     /// ORPHANED_PROCESSES findings, made when the container is finalized.
     pub(super) orphans: Vec<Diagnosis>,
 }
 
-impl ContainerState {
-    pub(super) fn new(
-        info: Arc<ContainerInfo>,
-        labels: ContainerLabels,
-        name: Option<String>,
-    ) -> Self {
+impl ContainerTrack {
+    pub(super) fn new(container: Arc<CgroupContainer>, placement: Placement) -> Self {
         Self {
-            info,
-            labels,
-            name,
+            container,
+            subject: placement.subject,
+            name: placement.name,
+            sandbox: placement.sandbox,
             orphans: Vec::new(),
             pid1: None,
             procs: HashMap::new(),
-            facts: ContainerFacts::default(),
+            facts: KernelFacts::default(),
             terminating_since: None,
             timeline: Vec::new(),
             timeline_dropped: 0,
             last_exit_ns: None,
             last_event_ns: 0,
             gone: false,
-            signal_counters: HashMap::new(),
             recent_exits: VecDeque::new(),
             pid1_ns_level: None,
         }
@@ -109,6 +107,23 @@ impl ContainerState {
         self.procs.keys().any(|t| Some(*t) != self.pid1)
     }
 
+    /// Moves the container to where the join now places it (pod names can arrive after
+    /// its first events). Its metric handles are rebuilt only when its labels change.
+    pub(super) fn replace(&mut self, placement: Placement) {
+        if !self.subject.same_as(&placement.subject) {
+            self.subject = placement.subject;
+        }
+        self.name = placement.name;
+        self.sandbox = placement.sandbox;
+    }
+
+    /// The name entries and diagnoses use: the container's name, else its short id.
+    pub(super) fn display_name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.subject.container().to_string())
+    }
+
     /// Host pids of the processes believed alive.
     pub(super) fn live_tgids(&self) -> Vec<u32> {
         self.procs.keys().copied().collect()
@@ -126,7 +141,7 @@ impl ContainerState {
         self.timeline.push(TimelineEntry {
             at: clock.rfc3339(at_ns),
             what: what.to_string(),
-            container: Some(self.labels.container.clone()),
+            container: Some(self.subject.container().to_string()),
             detail,
             at_ns,
         });
@@ -184,28 +199,13 @@ fn result_name(result: u32) -> &'static str {
 }
 
 pub(super) fn on_signal(
-    c: &mut ContainerState,
+    c: &mut ContainerTrack,
     s: &agent_ebpf::SignalGenerateEvent,
-    metrics: &Metrics,
+    metrics: &TerminationMetrics,
     clock: &Clock,
 ) {
     let h = &s.header;
-    let labels = &c.labels;
-    c.signal_counters
-        .entry((s.sig, s.result))
-        .or_insert_with(|| {
-            metrics
-                .signals
-                .get_or_create(&SignalLabels {
-                    namespace: labels.namespace.clone(),
-                    workload: labels.workload.clone(),
-                    container: labels.container.clone(),
-                    signal: signal_name(s.sig),
-                    result: result_name(s.result),
-                })
-                .clone()
-        })
-        .inc();
+    metrics.signal(&mut c.subject, s.sig, result_name(s.result));
     if !c.procs.contains_key(&h.tgid) {
         c.add_proc(h.tgid, h.ns_tgid, h.ns_level, comm_str(&h.comm));
     }
@@ -213,7 +213,7 @@ pub(super) fn on_signal(
     if to_pid1 {
         refresh_pid1_comm(c, &h.comm);
     }
-    let external = s.sender_cgroup_id != c.info.cgroup_id;
+    let external = s.sender_cgroup_id != c.container.cgroup_id;
     let pid1_alive = c.facts.pid1_exit.is_none();
     // The kernel kills the rest of a PID namespace from its init once that has exited
     // (its exit event comes first): teardown, not a kill.
@@ -258,7 +258,7 @@ pub(super) fn on_signal(
     }
     if s.sig == SIGTERM && to_pid1 && s.result == sig_result::IGNORED {
         c.facts.sigterm_ignored_by_pid1 = true;
-        metrics.sigterm_ignored.get_or_create(&c.labels).inc();
+        metrics.sigterm_ignored(&c.subject);
     }
     if c.recording() {
         let target = comm_str(&h.comm);
@@ -305,7 +305,7 @@ pub(super) fn on_signal(
     }
 }
 
-pub(super) fn on_exec(c: &mut ContainerState, e: &agent_ebpf::ExecEvent, clock: &Clock) {
+pub(super) fn on_exec(c: &mut ContainerTrack, e: &agent_ebpf::ExecEvent, clock: &Clock) {
     let h = &e.header;
     let mut comm = comm_str(&h.comm);
     if c.recording() || h.ns_tgid == 1 {
@@ -328,7 +328,7 @@ pub(super) fn on_exec(c: &mut ContainerState, e: &agent_ebpf::ExecEvent, clock: 
 }
 
 pub(super) fn on_deliver(
-    c: &mut ContainerState,
+    c: &mut ContainerTrack,
     d: &agent_ebpf::SignalDeliverEvent,
     clock: &Clock,
 ) {
@@ -361,14 +361,14 @@ fn live_comm(tgid: u32) -> Option<String> {
 }
 
 /// PID 1's name as of its latest event (programs may rename themselves after exec).
-fn refresh_pid1_comm(c: &mut ContainerState, comm: &[u8]) {
+fn refresh_pid1_comm(c: &mut ContainerTrack, comm: &[u8]) {
     let now = comm_str(comm);
     if c.facts.pid1_comm.as_deref() != Some(now.as_str()) {
         c.facts.pid1_comm = Some(now);
     }
 }
 
-pub(super) fn on_exit(c: &mut ContainerState, e: &agent_ebpf::ExitEvent, clock: &Clock) {
+pub(super) fn on_exit(c: &mut ContainerTrack, e: &agent_ebpf::ExitEvent, clock: &Clock) {
     let h = &e.header;
     let status = ExitStatus::from_exit_code(e.exit_code);
     let removed = c.procs.remove(&h.tgid);
@@ -420,5 +420,238 @@ pub(super) fn on_exit(c: &mut ContainerState, e: &agent_ebpf::ExitEvent, clock: 
         c.last_exit_ns = Some(h.ktime_ns);
         let detail = format!("{comm} (pid {} in container) {how}", h.ns_tgid);
         c.note(h.ktime_ns, "exit", detail, clock);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{kernel::KernelEvent, metrics::Metrics};
+    use agent_ebpf::{si_code, sig_result::*};
+
+    use super::super::testkit::*;
+
+    /// What a sequence of events leaves in a container's facts (times in ms).
+    #[derive(Debug, Default, PartialEq)]
+    struct Seen {
+        terminating_ms: Option<u64>,
+        sigterm_ms: Option<u64>,
+        ignored: bool,
+        external_kill_ms: Option<u64>,
+        kernel_kill_ms: Option<u64>,
+        unwarned: Vec<String>,
+        pid1_exit_ms: Option<u64>,
+    }
+
+    fn feed(events: &[KernelEvent]) -> (ContainerTrack, Seen) {
+        let metrics = Metrics::new("test").termination;
+        let clock = Clock::with_offset_ns(0);
+        let mut c = ContainerTrack::new(
+            container(),
+            Placement {
+                name: None,
+                sandbox: false,
+                subject: Subject::standalone("aaaaaaaaaaaa"),
+            },
+        );
+        for ev in events {
+            match ev {
+                KernelEvent::Exec(e) => on_exec(&mut c, e, &clock),
+                KernelEvent::Signal(s) => on_signal(&mut c, s, &metrics, &clock),
+                KernelEvent::Deliver(d) => on_deliver(&mut c, d, &clock),
+                KernelEvent::Exit(e) => on_exit(&mut c, e, &clock),
+            }
+        }
+        let ms = |ns: u64| ns / MS;
+        let f = &c.facts;
+        let seen = Seen {
+            terminating_ms: c.terminating_since.map(ms),
+            sigterm_ms: f.first_sigterm.as_ref().map(|s| ms(s.at_ns)),
+            ignored: f.sigterm_ignored_by_pid1,
+            external_kill_ms: f.external_sigkill.as_ref().map(|s| ms(s.at_ns)),
+            kernel_kill_ms: f.kernel_sigkill.as_ref().map(|s| ms(s.at_ns)),
+            unwarned: f.killed_unwarned.clone(),
+            pid1_exit_ms: f.pid1_exit_ns.map(ms),
+        };
+        (c, seen)
+    }
+
+    const SELF: (u32, u64, i32) = (P1, CG, si_code::SI_USER);
+    const TEARDOWN: (u32, u64, i32) = (P1, CG, si_code::SI_KERNEL);
+    const OOM: (u32, u64, i32) = (P2, CG, si_code::SI_KERNEL);
+
+    #[test]
+    fn container_state_rules() {
+        let cases: Vec<(&str, Vec<KernelEvent>, Seen)> = vec![
+            (
+                "SIGTERM from outside to PID 1 starts the termination",
+                vec![
+                    exec(0, P1, 1, "app"),
+                    signal(10, P1, 1, "app", 15, RUNC, DELIVERED),
+                ],
+                Seen {
+                    terminating_ms: Some(10),
+                    sigterm_ms: Some(10),
+                    ..Seen::default()
+                },
+            ),
+            (
+                "a SIGTERM PID 1 sends itself is not a termination",
+                vec![
+                    exec(0, P1, 1, "app"),
+                    signal(10, P1, 1, "app", 15, SELF, DELIVERED),
+                ],
+                Seen::default(),
+            ),
+            (
+                "SIGTERM to a child alone is not a termination",
+                vec![
+                    exec(0, P1, 1, "sh"),
+                    exec(1, P2, 6, "sleep"),
+                    signal(10, P2, 6, "sleep", 15, RUNC, DELIVERED),
+                ],
+                Seen::default(),
+            ),
+            (
+                "an ignored SIGTERM to PID 1 is noted; the first SIGTERM's time is kept",
+                vec![
+                    exec(0, P1, 1, "sh"),
+                    signal(10, P1, 1, "sh", 15, RUNC, IGNORED),
+                    signal(20, P1, 1, "sh", 15, RUNC, IGNORED),
+                ],
+                Seen {
+                    terminating_ms: Some(10),
+                    sigterm_ms: Some(10),
+                    ignored: true,
+                    ..Seen::default()
+                },
+            ),
+            (
+                "SIGKILL from outside after SIGTERM; a child never warned dies with PID 1",
+                vec![
+                    exec(0, P1, 1, "sh"),
+                    exec(1, P2, 6, "sleep"),
+                    signal(10, P1, 1, "sh", 15, RUNC, IGNORED),
+                    signal(2010, P1, 1, "sh", 9, RUNC, DELIVERED),
+                    exit(2011, P1, 1, "sh", 9),
+                    signal(2012, P2, 6, "sleep", 9, TEARDOWN, DELIVERED),
+                    exit(2013, P2, 6, "sleep", 9),
+                ],
+                Seen {
+                    terminating_ms: Some(10),
+                    sigterm_ms: Some(10),
+                    ignored: true,
+                    external_kill_ms: Some(2010),
+                    unwarned: vec!["sleep".into()],
+                    pid1_exit_ms: Some(2011),
+                    ..Seen::default()
+                },
+            ),
+            (
+                "a child that got SIGTERM itself was warned",
+                vec![
+                    exec(0, P1, 1, "sh"),
+                    exec(1, P2, 6, "sleep"),
+                    signal(10, P1, 1, "sh", 15, RUNC, DELIVERED),
+                    signal(11, P2, 6, "sleep", 15, SELF, DELIVERED),
+                    exit(12, P2, 6, "sleep", 15),
+                    exit(13, P1, 1, "sh", 0),
+                ],
+                Seen {
+                    terminating_ms: Some(10),
+                    sigterm_ms: Some(10),
+                    pid1_exit_ms: Some(13),
+                    ..Seen::default()
+                },
+            ),
+            (
+                "a kernel SIGKILL to PID 1 that is not teardown is the OOM killer's",
+                vec![
+                    exec(0, P1, 1, "app"),
+                    signal(10, P1, 1, "app", 9, OOM, DELIVERED),
+                    exit(11, P1, 1, "app", 9),
+                ],
+                Seen {
+                    terminating_ms: Some(10),
+                    kernel_kill_ms: Some(10),
+                    pid1_exit_ms: Some(11),
+                    ..Seen::default()
+                },
+            ),
+            (
+                "an OOM kill of a child leaves the container running",
+                vec![
+                    exec(0, P1, 1, "app"),
+                    exec(1, P2, 2, "worker"),
+                    signal(10, P2, 2, "worker", 9, OOM, DELIVERED),
+                    exit(11, P2, 2, "worker", 9),
+                ],
+                Seen::default(),
+            ),
+            (
+                "PID 1 exiting by itself ends the container",
+                vec![exec(0, P1, 1, "job"), exit(50, P1, 1, "job", 3 << 8)],
+                Seen {
+                    terminating_ms: Some(50),
+                    pid1_exit_ms: Some(50),
+                    ..Seen::default()
+                },
+            ),
+            (
+                "a SIGKILL with no SIGTERM before it",
+                vec![
+                    exec(0, P1, 1, "app"),
+                    signal(10, P1, 1, "app", 9, RUNC, DELIVERED),
+                    exit(11, P1, 1, "app", 9),
+                ],
+                Seen {
+                    terminating_ms: Some(10),
+                    external_kill_ms: Some(10),
+                    pid1_exit_ms: Some(11),
+                    ..Seen::default()
+                },
+            ),
+        ];
+        for (name, events, want) in cases {
+            assert_eq!(feed(&events).1, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_timeline_shows_handlers_and_duplicate_exits_once() {
+        let (c, _) = feed(&[
+            exec(0, P1, 1, "app"),
+            signal(10, P1, 1, "app", 15, RUNC, DELIVERED),
+            deliver(11, P1, 1, "app", 15, 0x5555_0000),
+            exit(20, P1, 1, "app", 0),
+            exit(20, P1, 1, "app", 0),
+        ]);
+        let whats: Vec<&str> = c.timeline.iter().map(|e| e.what.as_str()).collect();
+        // PID 1's exec is always noted; the duplicate exit is not.
+        assert_eq!(
+            whats,
+            ["exec", "sigterm", "signal_delivered", "container_exit"]
+        );
+        assert!(
+            c.timeline[2]
+                .detail
+                .ends_with("handled by the process's own handler"),
+            "{}",
+            c.timeline[2].detail
+        );
+        assert_eq!(c.timeline[0].container.as_deref(), Some("aaaaaaaaaaaa"));
+    }
+
+    #[test]
+    fn a_signal_storm_does_not_grow_the_timeline() {
+        let mut events = vec![
+            exec(0, P1, 1, "app"),
+            signal(1, P1, 1, "app", 15, RUNC, DELIVERED),
+        ];
+        events.extend((0..1000).map(|i| signal(2 + i, P1, 1, "app", 10, RUNC, DELIVERED)));
+        let (c, _) = feed(&events);
+        assert_eq!(c.timeline.len(), MAX_TIMELINE);
+        // PID 1's exec, the SIGTERM and 1,000 SIGUSR1s.
+        assert_eq!(c.timeline_dropped, 1002 - MAX_TIMELINE as u64);
     }
 }

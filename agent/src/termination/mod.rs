@@ -1,16 +1,18 @@
 //! Termination state: one owner (the [`Tracker`]) turns attributed kernel events into a
-//! per-container state machine and per-pod termination records, classifies each end
-//! (pure functions in [`classify`]) and publishes immutable snapshots for export.
+//! per-container state machine (`container`) and per-pod records (`record`), classifies
+//! each end (`classify` for containers, `pod_classify` for pods: pure functions with
+//! table tests) and publishes immutable snapshots of finished and ongoing terminations
+//! (`views`). Which pod a container belongs to, and the API's facts about it, come from
+//! the join.
 
 pub mod classify;
 mod container;
-pub mod model;
 pub mod pod_classify;
-pub mod pods;
 mod record;
+#[cfg(test)]
+mod testkit;
 pub mod tracker;
 mod views;
 
-pub use classify::{Code, ContainerFacts, Outcome};
-pub use model::{Snapshot, Termination};
-pub use tracker::{SeedProcess, Tracker, TrackerOptions};
+pub use classify::{Code, KernelFacts, Outcome};
+pub use tracker::{Tracker, TrackerOptions};

@@ -1,80 +1,15 @@
-//! Pod-level findings, as pure functions of the joined facts (API + kernel): how the
-//! grace period was spent, whether the endpoint left its Services before SIGTERM, and
-//! what keeps a pod in Terminating.
+//! Pod-level findings, as pure functions of the joined facts (API + kernel, see `join`):
+//! whether the endpoint left its Services before SIGTERM, whether preStop ate the grace
+//! period, and what keeps a pod in Terminating.
 
 use super::classify::{Code, Diagnosis};
-
-/// One container's part in a pod termination (boot-clock ns throughout).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MemberFacts {
-    pub name: String,
-    pub has_prestop: bool,
-    pub prestop_kind: Option<&'static str>,
-    pub sigterm_ns: Option<u64>,
-    pub sigkill_ns: Option<u64>,
-    pub last_exit_ns: Option<u64>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PodFacts {
-    pub grace_seconds: i64,
-    pub deletion_ns: Option<u64>,
-    pub killing_ns: Option<u64>,
-    pub endpoint_down_ns: Option<u64>,
-    pub members: Vec<MemberFacts>,
-}
-
-/// Kubelet never gives the container less than this after preStop.
-const MIN_GRACE_NS: u64 = 2_000_000_000;
+use crate::join::{JoinedPod, StuckFacts, MIN_GRACE_NS};
 
 fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
-impl PodFacts {
-    pub fn first_sigterm_ns(&self) -> Option<u64> {
-        self.members.iter().filter_map(|m| m.sigterm_ns).min()
-    }
-
-    pub fn last_exit_ns(&self) -> Option<u64> {
-        self.members.iter().filter_map(|m| m.last_exit_ns).max()
-    }
-
-    /// When kubelet started the hooks: at the deletion it observed, within milliseconds
-    /// (its Killing Event carries whole seconds only, so it is the fallback).
-    pub fn hooks_start_ns(&self) -> Option<u64> {
-        self.deletion_ns.or(self.killing_ns)
-    }
-
-    /// Deletion → endpoint leaving its Services.
-    pub fn endpoint_lag_ns(&self) -> Option<u64> {
-        Some(self.endpoint_down_ns?.saturating_sub(self.deletion_ns?))
-    }
-
-    /// Deletion → last exit over the grace period.
-    pub fn grace_used_ratio(&self) -> Option<f64> {
-        let used = self.last_exit_ns()?.saturating_sub(self.deletion_ns?);
-        (self.grace_seconds > 0).then(|| secs(used) / self.grace_seconds as f64)
-    }
-
-    /// How long a container's preStop hook held SIGTERM back.
-    pub fn prestop_ns(&self, m: &MemberFacts) -> Option<u64> {
-        if !m.has_prestop {
-            return None;
-        }
-        Some(m.sigterm_ns?.saturating_sub(self.hooks_start_ns()?))
-    }
-
-    /// SIGTERM reached the pod while its endpoint was still in its Services.
-    pub fn sigterm_before_endpoint_removal(&self) -> bool {
-        match (self.first_sigterm_ns(), self.endpoint_down_ns) {
-            (Some(term), Some(down)) => term < down,
-            _ => false,
-        }
-    }
-}
-
-pub fn pod_diagnoses(f: &PodFacts) -> Vec<(Option<String>, Diagnosis)> {
+pub fn pod_diagnoses(f: &JoinedPod) -> Vec<(Option<String>, Diagnosis)> {
     let mut out = Vec::new();
     if f.sigterm_before_endpoint_removal() {
         let (term, down) = (
@@ -100,7 +35,7 @@ pub fn pod_diagnoses(f: &PodFacts) -> Vec<(Option<String>, Diagnosis)> {
         let (Some(kill), Some(start)) = (m.sigkill_ns, f.hooks_start_ns()) else {
             continue;
         };
-        if !m.has_prestop {
+        if !m.has_prestop() {
             continue;
         }
         let window = m.sigterm_ns.map(|t| kill.saturating_sub(t));
@@ -128,17 +63,6 @@ pub fn pod_diagnoses(f: &PodFacts) -> Vec<(Option<String>, Diagnosis)> {
         ));
     }
     out
-}
-
-/// Why a pod is still Terminating past its deadline.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct StuckFacts {
-    pub overdue_seconds: f64,
-    pub finalizers: Vec<String>,
-    /// Live processes, as "name (pid N, state S)".
-    pub alive: Vec<String>,
-    /// Containers the API does not show as terminated.
-    pub not_terminated: Vec<String>,
 }
 
 pub fn stuck_diagnosis(s: &StuckFacts) -> Diagnosis {
@@ -179,13 +103,13 @@ pub fn stuck_diagnosis(s: &StuckFacts) -> Diagnosis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::join::JoinedMember;
 
     const S: u64 = 1_000_000_000;
 
-    fn member(term: Option<u64>, kill: Option<u64>, prestop: bool) -> MemberFacts {
-        MemberFacts {
+    fn member(term: Option<u64>, kill: Option<u64>, prestop: bool) -> JoinedMember {
+        JoinedMember {
             name: "app".into(),
-            has_prestop: prestop,
             prestop_kind: prestop.then_some("sleep"),
             sigterm_ns: term,
             sigkill_ns: kill,
@@ -195,7 +119,7 @@ mod tests {
 
     #[test]
     fn endpoint_removed_three_seconds_after_sigterm() {
-        let f = PodFacts {
+        let f = JoinedPod {
             grace_seconds: 30,
             deletion_ns: Some(10 * S),
             endpoint_down_ns: Some(13 * S + S / 10),
@@ -219,7 +143,7 @@ mod tests {
             "{}",
             d[0].1.message
         );
-        let early = PodFacts {
+        let early = JoinedPod {
             endpoint_down_ns: Some(10 * S),
             ..f
         };
@@ -228,7 +152,7 @@ mod tests {
 
     #[test]
     fn prestop_longer_than_grace_leaves_no_sigterm_window() {
-        let f = PodFacts {
+        let f = JoinedPod {
             grace_seconds: 5,
             deletion_ns: Some(0),
             killing_ns: Some(S / 10),
@@ -240,13 +164,13 @@ mod tests {
         assert_eq!(d[0].1.code, Code::PrestopExceededGrace);
         assert!(d[0].1.message.contains("took 5.000s of the 5s grace period, leaving only 2.000s between SIGTERM and SIGKILL"), "{}", d[0].1.message);
         // Plenty of SIGTERM window: no finding.
-        let fine = PodFacts {
+        let fine = JoinedPod {
             members: vec![member(Some(S), Some(20 * S), true)],
             ..f.clone()
         };
         assert!(pod_diagnoses(&fine).is_empty());
         // No hook: a forced kill is not the hook's fault.
-        let nohook = PodFacts {
+        let nohook = JoinedPod {
             members: vec![member(Some(5 * S), Some(7 * S), false)],
             ..f
         };
@@ -255,7 +179,7 @@ mod tests {
 
     #[test]
     fn grace_ratio_and_stuck_reasons() {
-        let f = PodFacts {
+        let f = JoinedPod {
             grace_seconds: 10,
             deletion_ns: Some(0),
             members: vec![member(Some(S), None, false)],

@@ -1,7 +1,8 @@
 //! The single owner of termination state. Fed attributed kernel events in order, it
 //! keeps a state machine per container (running → terminating → exited → finalized),
-//! bumps event-time metrics, and on [`Tracker::tick`] finalizes containers whose PID 1
-//! is gone, grouping them per pod into termination records (see `record`).
+//! and on [`Tracker::tick`] finalizes containers whose PID 1 is gone, grouping them per
+//! pod into termination records (see `record`). Kubernetes updates go into the API's
+//! view of the node that the join reads. Time is always passed in.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -9,24 +10,24 @@ use std::{
 };
 
 use super::{
-    container::{on_deliver, on_exec, on_exit, on_signal, ContainerState},
-    model::{Snapshot, Termination},
-    pods::{PodChange, PodIndex},
-    record::{record_key, Records},
+    container::{on_deliver, on_exec, on_exit, on_signal, ContainerTrack},
+    record::Records,
+    views,
 };
 use crate::{
-    attribution::ContainerInfo,
+    attribution::{CgroupContainer, CgroupProcess},
     clock::Clock,
-    export::{ContainerLabels, Metrics},
+    join,
     kernel::KernelEvent,
-    kube::KubeUpdate,
+    kube::{KubeUpdate, NodeView, PodChange},
+    metrics::TerminationMetrics,
+    report::{Snapshot, Termination},
 };
-
-/// Container name (and label) of a pod's sandbox ("pause") container, as kubelet's own.
-pub const SANDBOX: &str = "POD";
 
 /// Longest wait, after PID 1's exit, for the container's other processes to exit.
 const SETTLE_CAP_NS: u64 = 10_000_000_000;
+/// Containers finalized lately, remembered so their late events do not start a new state.
+const FINISHED_KEPT: usize = 4096;
 
 #[derive(Clone, Debug)]
 pub struct TrackerOptions {
@@ -49,35 +50,21 @@ impl Default for TrackerOptions {
     }
 }
 
-/// A process found in a container's cgroup when the container was discovered.
-#[derive(Clone, Debug)]
-pub struct SeedProcess {
-    pub tgid: u32,
-    pub ns_tgid: u32,
-    /// PID-namespace depth (0: the host's).
-    pub ns_level: u32,
-    /// Start time (clock ticks since boot), to find the oldest process.
-    pub start_time: u64,
-    pub comm: String,
-}
-
 pub struct Tracker {
-    pub(super) opts: TrackerOptions,
-    pub(super) clock: Clock,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) containers: HashMap<u64, ContainerState>,
+    opts: TrackerOptions,
+    clock: Clock,
+    metrics: Arc<TerminationMetrics>,
+    containers: HashMap<u64, ContainerTrack>,
     /// Containers finalized recently, so their late events do not start a new state.
     finished: HashSet<u64>,
     finished_order: VecDeque<u64>,
-    pub(super) records: Records,
-    pub(super) pods: PodIndex,
-    pub(super) dirty: bool,
-    /// Namespaces the pod gauges were last set for (to zero them when emptied).
-    pub(super) gauge_namespaces: Vec<String>,
+    records: Records,
+    view: NodeView,
+    dirty: bool,
 }
 
 impl Tracker {
-    pub fn new(opts: TrackerOptions, clock: Clock, metrics: Arc<Metrics>) -> Self {
+    pub fn new(opts: TrackerOptions, clock: Clock, metrics: Arc<TerminationMetrics>) -> Self {
         let records = Records::new(opts.history);
         Self {
             opts,
@@ -87,9 +74,8 @@ impl Tracker {
             finished: HashSet::new(),
             finished_order: VecDeque::new(),
             records,
-            pods: PodIndex::default(),
+            view: NodeView::default(),
             dirty: true,
-            gauge_namespaces: Vec::new(),
         }
     }
 
@@ -97,30 +83,24 @@ impl Tracker {
         self.clock = clock;
     }
 
-    fn new_state(&self, info: Arc<ContainerInfo>) -> ContainerState {
-        let (labels, name) = labels_for(&self.pods, &info);
-        ContainerState::new(info, labels, name)
-    }
-
-    /// A container found by a cgroup walk, with the processes already in it.
-    pub fn observe_container(&mut self, info: Arc<ContainerInfo>, procs: &[SeedProcess]) {
-        if self.finished.contains(&info.cgroup_id) {
+    /// A container found in the cgroup tree, with the processes already in it.
+    pub fn observe_container(&mut self, c: Arc<CgroupContainer>, procs: &[CgroupProcess]) {
+        if self.finished.contains(&c.cgroup_id) {
             return;
         }
-        if !self.containers.contains_key(&info.cgroup_id) {
-            let state = self.new_state(info.clone());
-            self.containers.insert(info.cgroup_id, state);
-        }
-        let Some(state) = self.containers.get_mut(&info.cgroup_id) else {
-            return;
-        };
-        let mut sorted: Vec<&SeedProcess> = procs.iter().collect();
+        let Self {
+            containers, view, ..
+        } = self;
+        let track = containers
+            .entry(c.cgroup_id)
+            .or_insert_with(|| ContainerTrack::new(c.clone(), join::place(view, &c)));
+        let mut sorted: Vec<&CgroupProcess> = procs.iter().collect();
         // The namespace init first; without one (a shared PID namespace) the oldest
         // process stands in for it.
         sorted.sort_by_key(|p| (p.ns_tgid != 1, p.start_time, p.tgid));
         for p in sorted {
-            if !state.procs.contains_key(&p.tgid) {
-                state.add_proc(p.tgid, p.ns_tgid, p.ns_level, p.comm.clone());
+            if !track.procs.contains_key(&p.tgid) {
+                track.add_proc(p.tgid, p.ns_tgid, p.ns_level, p.comm.clone());
             }
         }
     }
@@ -135,92 +115,79 @@ impl Tracker {
         }
     }
 
-    pub fn handle(&mut self, info: &Arc<ContainerInfo>, ev: &KernelEvent) {
-        let id = info.cgroup_id;
+    pub fn handle(&mut self, c: &Arc<CgroupContainer>, ev: &KernelEvent) {
+        let id = c.cgroup_id;
         if self.finished.contains(&id) {
             return;
         }
         let Self {
             containers,
-            pods,
+            view,
             metrics,
             clock,
             dirty,
             ..
         } = self;
-        // One lookup on the hot path; labels are worked out once per container.
-        let c = containers.entry(id).or_insert_with(|| {
-            let (labels, name) = labels_for(pods, info);
-            ContainerState::new(info.clone(), labels, name)
-        });
-        c.last_event_ns = c.last_event_ns.max(ev.header().ktime_ns);
+        // One lookup on the hot path; the placement is worked out once per container.
+        let track = containers
+            .entry(id)
+            .or_insert_with(|| ContainerTrack::new(c.clone(), join::place(view, c)));
+        track.last_event_ns = track.last_event_ns.max(ev.header().ktime_ns);
         match ev {
-            KernelEvent::Exec(e) => on_exec(c, e, clock),
-            KernelEvent::Signal(s) => on_signal(c, s, metrics, clock),
-            KernelEvent::Deliver(d) => on_deliver(c, d, clock),
-            KernelEvent::Exit(e) => on_exit(c, e, clock),
+            KernelEvent::Exec(e) => on_exec(track, e, clock),
+            KernelEvent::Signal(s) => on_signal(track, s, metrics, clock),
+            KernelEvent::Deliver(d) => on_deliver(track, d, clock),
+            KernelEvent::Exit(e) => on_exit(track, e, clock),
         }
         *dirty = true;
     }
 
-    /// An update from the Kubernetes watchers.
-    pub fn kube(&mut self, update: KubeUpdate) {
+    /// An update from the Kubernetes watchers, applied at `now_ns` (boot clock).
+    pub fn kube(&mut self, update: KubeUpdate, now_ns: u64) {
         let clock = self.clock;
-        for change in self.pods.apply(update, &clock) {
+        for change in self.view.apply(update, &clock) {
             match change {
                 PodChange::None => {}
-                PodChange::Updated(uid) => self.relabel(&uid),
+                PodChange::Updated(uid) => self.replace(&uid),
                 PodChange::Deleting(uid) => {
-                    self.relabel(&uid);
-                    if let Some(p) = self.pods.get(&uid) {
+                    self.replace(&uid);
+                    if let Some(p) = self.view.get(&uid) {
                         self.records.open_pod(p);
                     }
                 }
-                PodChange::Removed(uid) => self.try_complete(&uid),
+                PodChange::Removed(uid) => self.try_complete(&uid, now_ns),
             }
         }
         self.dirty = true;
     }
 
-    /// Pod names may arrive after the container's first events: relabel its containers
-    /// (cached counters carry labels, so they are dropped when labels change).
-    fn relabel(&mut self, uid: &str) {
-        let ids: Vec<u64> = self
-            .containers
-            .iter()
-            .filter(|(_, c)| c.info.cgroup.pod_uid.as_deref() == Some(uid))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            let Some(info) = self.containers.get(&id).map(|c| c.info.clone()) else {
-                continue;
-            };
-            let (labels, name) = labels_for(&self.pods, &info);
-            if let Some(c) = self.containers.get_mut(&id) {
-                if c.labels != labels {
-                    c.signal_counters.clear();
-                    c.labels = labels;
-                }
-                c.name = name;
-            }
+    /// Pod names may arrive after a container's first events: place its containers anew.
+    fn replace(&mut self, uid: &str) {
+        let Self {
+            containers, view, ..
+        } = self;
+        for c in containers
+            .values_mut()
+            .filter(|c| c.container.cgroup.pod_uid.as_deref() == Some(uid))
+        {
+            let placement = join::place(view, &c.container);
+            c.replace(placement);
         }
     }
 
-    fn try_complete(&mut self, key: &str) {
-        let before = self.records.completed_count();
+    fn try_complete(&mut self, key: &str, now_ns: u64) {
         let others_pending = self
             .containers
             .values()
-            .any(|o| o.terminating_since.is_some() && record_key(&o.info) == key);
-        self.records.try_complete(
+            .any(|o| o.terminating_since.is_some() && join::record_key(&o.container) == key);
+        if self.records.try_complete(
             key,
             others_pending,
-            self.pods.get(key),
-            crate::clock::boot_now_ns(),
+            self.view.get(key),
+            now_ns,
             &self.metrics,
             &self.clock,
-        );
-        if self.records.completed_count() != before {
+        ) {
             self.dirty = true;
         }
     }
@@ -254,23 +221,26 @@ impl Tracker {
             }
             self.finished.insert(id);
             self.finished_order.push_back(id);
-            if self.finished_order.len() > 4096 {
+            if self.finished_order.len() > FINISHED_KEPT {
                 if let Some(old) = self.finished_order.pop_front() {
                     self.finished.remove(&old);
                 }
             }
             c.check_orphans();
-            let key = record_key(&c.info).to_string();
+            let key = join::record_key(&c.container).to_string();
             self.records
-                .finalize(c, self.pods.get(&key), &self.metrics, &self.clock);
-            self.try_complete(&key);
+                .finalize(c, self.view.get(&key), &self.metrics, &self.clock);
+            self.try_complete(&key, now_ns);
             self.dirty = true;
         }
         // Records held back (e.g. waiting for a deletion) are looked at again.
         for key in self.records.open_keys() {
-            self.try_complete(&key);
+            self.try_complete(&key, now_ns);
         }
-        self.update_pod_gauges(now_ns);
+        let pods = views::terminating_by_namespace(&self.view, now_ns, self.opts.stuck_margin_ns);
+        // A stuck pod's view changes as time passes.
+        self.dirty |= pods.values().any(|(_, stuck)| *stuck > 0);
+        self.metrics.terminating_pods(&pods);
         self.dirty
     }
 
@@ -281,7 +251,14 @@ impl Tracker {
         }
         self.dirty = false;
         let mut terminations: Vec<Arc<Termination>> = self.records.completed().cloned().collect();
-        terminations.extend(self.in_progress(now_ns));
+        terminations.extend(views::in_progress(
+            &self.records,
+            &self.containers,
+            &self.view,
+            &self.clock,
+            now_ns,
+            self.opts.stuck_margin_ns,
+        ));
         Some(Arc::new(Snapshot { terminations }))
     }
 
@@ -291,134 +268,22 @@ impl Tracker {
     }
 }
 
-/// Metric labels and container name: from the pod index in Kubernetes mode (a cgroup of
-/// a known pod that is none of its containers is the sandbox, "POD"), else namespace and
-/// workload empty and the 12-character id.
-fn labels_for(pods: &PodIndex, info: &ContainerInfo) -> (ContainerLabels, Option<String>) {
-    let id = &info.cgroup.container_id;
-    let (pod, name) = match pods.container(id) {
-        Some((uid, name)) => (pods.get(uid), Some(name.clone())),
-        None => (
-            info.cgroup.pod_uid.as_deref().and_then(|u| pods.get(u)),
-            None,
-        ),
-    };
-    match pod {
-        Some(p) => {
-            let name = name.unwrap_or_else(|| SANDBOX.to_string());
-            let labels = ContainerLabels {
-                namespace: p.info.namespace.clone(),
-                workload: p.info.workload.clone(),
-                container: name.clone(),
-            };
-            (labels, Some(name))
-        }
-        None => (
-            ContainerLabels {
-                container: info.short_id().to_string(),
-                ..Default::default()
-            },
-            None,
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::*;
     use super::*;
-    use crate::attribution::cgroup_path;
-    use agent_ebpf::{
-        si_code, sig_result, EventHeader, EventKind, ExecEvent, ExitEvent, SignalGenerateEvent,
-        COMM_LEN,
-    };
-
-    const CG: u64 = 4242;
-    // Above the kernel's PID_MAX_LIMIT: no real process (whose /proc the tracker may read)
-    // can have these pids.
-    const P1: u32 = 5_000_100;
-    const P2: u32 = 5_000_101;
-    const MS: u64 = 1_000_000;
-
-    fn info() -> Arc<ContainerInfo> {
-        let path = format!(
-            "/kubepods/besteffort/pod6f1c2d3e-1111-2222-3333-444455556666/{}",
-            "a".repeat(64)
-        );
-        Arc::new(ContainerInfo {
-            cgroup_id: CG,
-            cgroup: cgroup_path::parse(&path).expect("path"),
-            path,
-        })
-    }
-
-    fn comm(name: &str) -> [u8; COMM_LEN] {
-        let mut c = [0u8; COMM_LEN];
-        c[..name.len()].copy_from_slice(name.as_bytes());
-        c
-    }
-
-    fn header(kind: EventKind, at_ms: u64, tgid: u32, ns_tgid: u32, name: &str) -> EventHeader {
-        EventHeader {
-            kind: kind as u32,
-            cpu: 0,
-            ktime_ns: at_ms * MS,
-            cgroup_id: CG,
-            tgid,
-            pid: tgid,
-            ns_tgid,
-            ns_level: 1,
-            comm: comm(name),
-        }
-    }
-
-    fn exec(at_ms: u64, tgid: u32, ns_tgid: u32, name: &str) -> KernelEvent {
-        KernelEvent::Exec(ExecEvent {
-            header: header(EventKind::Exec, at_ms, tgid, ns_tgid, name),
-            parent_tgid: 1,
-            _pad: 0,
-        })
-    }
-
-    /// A signal to `tgid`; `from` is (sender tgid, sender cgroup, si_code).
-    fn signal(
-        at_ms: u64,
-        tgid: u32,
-        ns_tgid: u32,
-        name: &str,
-        sig: u32,
-        from: (u32, u64, i32),
-        result: u32,
-    ) -> KernelEvent {
-        KernelEvent::Signal(SignalGenerateEvent {
-            header: header(EventKind::SignalGenerate, at_ms, tgid, ns_tgid, name),
-            sig,
-            code: from.2,
-            result,
-            group: 1,
-            sender_tgid: from.0,
-            sender_pid: from.0,
-            sender_cgroup_id: from.1,
-            sender_comm: comm(if from.1 == CG { name } else { "runc" }),
-        })
-    }
-
-    fn exit(at_ms: u64, tgid: u32, ns_tgid: u32, name: &str, code: u32) -> KernelEvent {
-        KernelEvent::Exit(ExitEvent {
-            header: header(EventKind::Exit, at_ms, tgid, ns_tgid, name),
-            exit_code: code,
-            group_dead: 1,
-        })
-    }
+    use crate::metrics::Metrics;
+    use agent_ebpf::{si_code, sig_result};
 
     fn run(events: &[KernelEvent]) -> Tracker {
         let mut t = Tracker::new(
             TrackerOptions::default(),
             Clock::with_offset_ns(0),
-            Arc::new(Metrics::new("test")),
+            Metrics::new("test").termination,
         );
-        let i = info();
+        let c = container();
         for e in events {
-            t.handle(&i, e);
+            t.handle(&c, e);
         }
         t
     }
@@ -428,8 +293,6 @@ mod tests {
         t.snapshot(now_ms * MS)
             .and_then(|s| s.terminations.last().cloned())
     }
-
-    const RUNC: (u32, u64, i32) = (7, 1, si_code::SI_USER);
 
     #[test]
     fn pid1_oom_killed_in_its_own_context() {
@@ -537,12 +400,12 @@ mod tests {
             ),
         ]);
         assert!(
-            last(&mut t, 4500).is_none_or(|t| t.state == super::super::model::State::InProgress),
+            last(&mut t, 4500).is_none_or(|t| t.state == crate::report::State::InProgress),
             "java is still dying"
         );
-        t.handle(&info(), &exit(5500, P2, 6, "java", 9));
+        t.handle(&container(), &exit(5500, P2, 6, "java", 9));
         let term = last(&mut t, 7000).expect("termination");
-        assert_eq!(term.state, super::super::model::State::Completed);
+        assert_eq!(term.state, crate::report::State::Completed);
         assert!(
             term.diagnoses[0].message.contains("(java)"),
             "{:?}",

@@ -1,5 +1,8 @@
 //! What a termination looks like to a user: the JSON served at `/debug/terminations`
-//! and rendered by `gracewatch explain`. Field names are part of the interface.
+//! and rendered by `gracewatch explain`, and the snapshot the HTTP side reads. Field names
+//! are part of the interface. Shared by every stage that writes a timeline entry (the
+//! API's view in `kube`, the kernel's in `termination`) and by the readers in `export`
+//! and `explain`; it depends on nothing else in the agent.
 
 use std::sync::Arc;
 
@@ -21,13 +24,31 @@ pub struct Termination {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub grace_period_seconds: Option<f64>,
-    pub containers: Vec<ContainerSummary>,
+    pub containers: Vec<ContainerReport>,
     pub timeline: Vec<TimelineEntry>,
     pub diagnoses: Vec<DiagnosisEntry>,
 }
 
+impl Termination {
+    /// A termination under way that nothing is known of yet but its pod uid.
+    pub fn in_progress(uid: Option<String>) -> Self {
+        Self {
+            namespace: None,
+            pod: None,
+            uid,
+            state: State::InProgress,
+            started_at: None,
+            finished_at: None,
+            grace_period_seconds: None,
+            containers: vec![],
+            timeline: vec![],
+            diagnoses: vec![],
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ContainerSummary {
+pub struct ContainerReport {
     /// Container name (Kubernetes mode); null in standalone mode.
     pub name: Option<String>,
     pub container_id: String,
@@ -45,7 +66,8 @@ pub struct TimelineEntry {
     /// RFC 3339, nanoseconds, UTC.
     pub at: String,
     pub what: String,
-    /// 12-character container id, null for pod-level entries.
+    /// The container the entry is about: its name in Kubernetes mode, its 12-character id
+    /// in standalone mode; null for pod-level entries (deletion, endpoints, Events).
     pub container: Option<String>,
     pub detail: String,
     /// Kernel boot-clock time, for ordering; not serialized.
@@ -60,7 +82,7 @@ pub struct DiagnosisEntry {
     pub message: String,
 }
 
-/// Everything export reads, published by the tracker as one immutable value.
+/// Everything export reads, published by the termination tracker as one immutable value.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// Completed terminations (oldest first), then those in progress.

@@ -1,0 +1,266 @@
+//! The join of what the kernel saw with what the Kubernetes API says, in one place:
+//! which pod and container an attributed kernel fact belongs to and what it is called and
+//! labelled ([`place`], [`record_key`]); the pod-level facts a termination is judged on
+//! ([`JoinedPod`]); how the API's timeline merges into the kernel's ([`merge_timeline`]);
+//! and what "stuck in Terminating" means ([`overdue_seconds`], [`StuckFacts`]).
+//!
+//! In standalone mode there is no API view: a container is its cgroup, named by its
+//! short id. Nothing else in the agent joins kernel facts with API facts.
+
+use crate::{
+    attribution::CgroupContainer,
+    clock::Clock,
+    kube::{ApiContainerKind, ApiPodState, NodeView, PreStop, SANDBOX},
+    metrics::Subject,
+    report::TimelineEntry,
+};
+
+/// Where a kernel fact about a container belongs.
+#[derive(Debug)]
+pub struct Placement {
+    /// The container's name in its pod (Kubernetes mode; "POD" for the sandbox).
+    pub name: Option<String>,
+    /// The pod's sandbox ("pause") container: part of the story, never an outcome.
+    pub sandbox: bool,
+    /// Who its metrics are about.
+    pub subject: Subject,
+}
+
+/// Places a container: by its id in the API's view (Kubernetes mode), else as a cgroup of
+/// a known pod that is none of its containers (the sandbox), else by its id alone.
+pub fn place(view: &NodeView, c: &CgroupContainer) -> Placement {
+    let id = &c.cgroup.container_id;
+    let (pod, name) = match view.container(id) {
+        Some((uid, name)) => (view.get(uid), Some(name)),
+        None => (c.cgroup.pod_uid.as_deref().and_then(|u| view.get(u)), None),
+    };
+    match pod {
+        Some(p) => {
+            let name = name.unwrap_or(SANDBOX);
+            Placement {
+                name: Some(name.to_string()),
+                sandbox: name == SANDBOX,
+                subject: Subject::new(&p.pod.namespace, &p.pod.workload, name),
+            }
+        }
+        None => Placement {
+            name: None,
+            sandbox: false,
+            subject: Subject::standalone(c.short_id()),
+        },
+    }
+}
+
+/// The record a container's termination is filed under: its pod (by uid), or, outside
+/// any pod, the container itself.
+pub fn record_key(c: &CgroupContainer) -> &str {
+    c.cgroup
+        .pod_uid
+        .as_deref()
+        .unwrap_or(&c.cgroup.container_id)
+}
+
+/// One container's part in a pod termination, as the kernel saw it and the pod spec
+/// describes it (boot-clock ns throughout).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JoinedMember {
+    pub name: String,
+    /// Its preStop hook's kind ("exec", "httpGet", "sleep", "tcpSocket"), if any.
+    pub prestop_kind: Option<&'static str>,
+    pub sigterm_ns: Option<u64>,
+    pub sigkill_ns: Option<u64>,
+    pub last_exit_ns: Option<u64>,
+}
+
+impl JoinedMember {
+    pub fn has_prestop(&self) -> bool {
+        self.prestop_kind.is_some()
+    }
+}
+
+/// The kind of a container's preStop hook in the pod's spec.
+pub fn prestop_kind(pod: &ApiPodState, container: &str) -> Option<&'static str> {
+    let hook = pod
+        .pod
+        .containers
+        .iter()
+        .find(|m| m.name == container)?
+        .prestop
+        .as_ref()?;
+    Some(match hook {
+        PreStop::Exec(_) => "exec",
+        PreStop::HttpGet(_) => "httpGet",
+        PreStop::Sleep(_) => "sleep",
+        PreStop::TcpSocket => "tcpSocket",
+    })
+}
+
+/// A pod termination's facts: the API's (grace, deletion, kubelet's Killing, endpoint
+/// removal) beside each container's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JoinedPod {
+    pub grace_seconds: i64,
+    pub deletion_ns: Option<u64>,
+    pub killing_ns: Option<u64>,
+    pub endpoint_down_ns: Option<u64>,
+    pub members: Vec<JoinedMember>,
+}
+
+/// Kubelet never gives the container less than this after preStop.
+pub const MIN_GRACE_NS: u64 = 2_000_000_000;
+
+impl JoinedPod {
+    pub fn new(pod: &ApiPodState, members: Vec<JoinedMember>) -> Self {
+        Self {
+            grace_seconds: pod.pod.effective_grace_seconds(),
+            deletion_ns: pod.deletion_ns,
+            killing_ns: pod.killing_ns,
+            endpoint_down_ns: pod.endpoint_down_ns,
+            members,
+        }
+    }
+
+    pub fn first_sigterm_ns(&self) -> Option<u64> {
+        self.members.iter().filter_map(|m| m.sigterm_ns).min()
+    }
+
+    pub fn last_exit_ns(&self) -> Option<u64> {
+        self.members.iter().filter_map(|m| m.last_exit_ns).max()
+    }
+
+    /// When kubelet started the hooks: at the deletion it observed, within milliseconds
+    /// (its Killing Event carries whole seconds only, so it is the fallback).
+    pub fn hooks_start_ns(&self) -> Option<u64> {
+        self.deletion_ns.or(self.killing_ns)
+    }
+
+    /// Deletion → endpoint leaving its Services.
+    pub fn endpoint_lag_ns(&self) -> Option<u64> {
+        Some(self.endpoint_down_ns?.saturating_sub(self.deletion_ns?))
+    }
+
+    /// Deletion → last exit over the grace period.
+    pub fn grace_used_ratio(&self) -> Option<f64> {
+        let used = self.last_exit_ns()?.saturating_sub(self.deletion_ns?);
+        (self.grace_seconds > 0).then(|| used as f64 / 1e9 / self.grace_seconds as f64)
+    }
+
+    /// How long a container's preStop hook held SIGTERM back.
+    pub fn prestop_ns(&self, m: &JoinedMember) -> Option<u64> {
+        if !m.has_prestop() {
+            return None;
+        }
+        Some(m.sigterm_ns?.saturating_sub(self.hooks_start_ns()?))
+    }
+
+    /// SIGTERM reached the pod while its endpoint was still in its Services.
+    pub fn sigterm_before_endpoint_removal(&self) -> bool {
+        match (self.first_sigterm_ns(), self.endpoint_down_ns) {
+            (Some(term), Some(down)) => term < down,
+            _ => false,
+        }
+    }
+}
+
+/// The kernel's timeline of a pod's termination with the API's beside it (from shortly
+/// before `since`), and the preStop hooks' start and end as inferred from the deletion
+/// and each container's SIGTERM; in time order.
+pub fn merge_timeline(
+    timeline: &mut Vec<TimelineEntry>,
+    pod: Option<&ApiPodState>,
+    joined: Option<&JoinedPod>,
+    since: u64,
+    clock: &Clock,
+) {
+    if let Some(p) = pod {
+        timeline.extend(p.timeline_since(since).cloned());
+    }
+    if let Some(j) = joined {
+        timeline.extend(prestop_entries(j, clock));
+    }
+    timeline.sort_by_key(|e| e.at_ns);
+}
+
+/// preStop start and end, inferred from the deletion and the container's SIGTERM (an exec
+/// hook's own processes show up as `exec` entries between the two).
+fn prestop_entries(j: &JoinedPod, clock: &Clock) -> Vec<TimelineEntry> {
+    let mut out = Vec::new();
+    let Some(start) = j.hooks_start_ns() else {
+        return out;
+    };
+    for m in &j.members {
+        let Some(kind) = m.prestop_kind else { continue };
+        let entry = |at_ns: u64, what: &str, detail: String| TimelineEntry {
+            at: clock.rfc3339(at_ns),
+            what: what.to_string(),
+            container: Some(m.name.clone()),
+            detail,
+            at_ns,
+        };
+        out.push(entry(
+            start,
+            "prestop_started",
+            format!(
+                "preStop {kind} hook of {} started (inferred: kubelet runs it on deletion)",
+                m.name
+            ),
+        ));
+        if let Some(term) = m.sigterm_ns {
+            out.push(entry(
+                term,
+                "prestop_finished",
+                format!(
+                    "preStop {kind} hook of {} finished after {:.3}s (inferred: SIGTERM follows the hook)",
+                    m.name,
+                    term.saturating_sub(start) as f64 / 1e9
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// How far past its deadline a terminating pod is, in seconds, once it is stuck: still
+/// in the API `margin_ns` after deletion + grace period.
+pub fn overdue_seconds(pod: &ApiPodState, now_ns: u64, margin_ns: u64) -> Option<f64> {
+    if !pod.is_terminating() {
+        return None;
+    }
+    let deletion = pod.deletion_ns?;
+    let grace = pod
+        .pod
+        .effective_grace_seconds()
+        .clamp(0, crate::kube::node::MAX_GRACE_SECONDS) as u64;
+    let due = deletion.saturating_add(grace * 1_000_000_000);
+    let deadline = due.saturating_add(margin_ns);
+    (now_ns > deadline).then(|| (now_ns - due) as f64 / 1e9)
+}
+
+/// Why a pod is still Terminating past its deadline.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StuckFacts {
+    pub overdue_seconds: f64,
+    pub finalizers: Vec<String>,
+    /// Live processes, as "name (pid N, state S)".
+    pub alive: Vec<String>,
+    /// Containers the API does not show as terminated.
+    pub not_terminated: Vec<String>,
+}
+
+impl StuckFacts {
+    /// The API's reasons beside the kernel's (`alive`: the pod's live processes).
+    pub fn new(pod: &ApiPodState, overdue_seconds: f64, alive: Vec<String>) -> Self {
+        Self {
+            overdue_seconds,
+            finalizers: pod.pod.finalizers.clone(),
+            alive,
+            not_terminated: pod
+                .pod
+                .containers
+                .iter()
+                .filter(|c| c.kind == ApiContainerKind::App && c.terminated.is_none())
+                .map(|c| c.name.clone())
+                .collect(),
+        }
+    }
+}
