@@ -15,7 +15,8 @@
 //!   systemd cgroups leaves it inside some nested nodes;
 //! - cgroupfs driver: `kubepods[/burstable|/besteffort]/pod<uid>/<id>`, and CRI-O's
 //!   `…/pod<uid>/crio-<id>`;
-//! - plain hosts: `docker-<id>.scope`, `docker/<id>`, `libpod-<id>.scope` anywhere.
+//! - plain hosts: `docker-<id>.scope`, `docker/<id>`, `libpod-<id>.scope` anywhere, and
+//!   Podman's cgroupfs `libpod_parent/libpod-<id>` (conmon sits in `libpod_parent/conmon`).
 //!
 //! When container cgroups nest (systemd inside a container, Docker in Docker), the deepest
 //! container segment wins and the pod fields come from the nearest pod slot above it.
@@ -144,6 +145,8 @@ enum Parent {
     Other,
     /// `docker`, Docker's cgroupfs parent.
     Docker,
+    /// `libpod_parent`, Podman's cgroupfs parent.
+    LibpodParent,
     /// `kubepods`, the cgroupfs root of all pods (Guaranteed pods sit right below it).
     Kubepods,
     /// `kubepods/burstable` or `kubepods/besteffort`.
@@ -225,6 +228,15 @@ fn read_segment(parent: Parent, segment: &str) -> Result<Step<'_>, CgroupPathErr
         Parent::Docker if is_hex_digits(segment) => {
             let id = check_id(segment, segment)?;
             return Ok(container(id, Some(Runtime::Docker), CgroupDriver::Cgroupfs));
+        }
+        // Podman names the container's cgroup like its systemd scope, without `.scope`.
+        Parent::LibpodParent => {
+            if let Some(id) = segment.strip_prefix("libpod-") {
+                if !id.starts_with("conmon") {
+                    let id = check_id(id, segment)?;
+                    return Ok(container(id, Some(Runtime::Podman), CgroupDriver::Cgroupfs));
+                }
+            }
         }
         _ => {}
     }
@@ -354,6 +366,7 @@ fn read_cgroupfs_slot(parent: Parent, segment: &str) -> Result<Step<'_>, CgroupP
     let next = match (parent, segment) {
         (_, "kubepods") => Parent::Kubepods,
         (_, "docker") => Parent::Docker,
+        (_, "libpod_parent") => Parent::LibpodParent,
         (Parent::Kubepods, "burstable") => Parent::KubepodsQos(QosClass::Burstable),
         (Parent::Kubepods, "besteffort") => Parent::KubepodsQos(QosClass::BestEffort),
         (Parent::Kubepods, _) => return read_pod_dir(segment, QosClass::Guaranteed),
@@ -520,6 +533,27 @@ mod tests {
             &path,
             in_pod(ID, Some(Runtime::Docker), Systemd, QosClass::Guaranteed),
         );
+    }
+
+    #[test]
+    fn podman_cgroupfs() {
+        let c = parse(&format!("/libpod_parent/libpod-{ID}")).expect("podman cgroupfs");
+        assert_eq!(c.container_id, ID);
+        assert_eq!((c.runtime, c.driver), (Some(Runtime::Podman), Cgroupfs));
+        assert_eq!((c.pod_uid, c.qos), (None, None));
+        assert_eq!(
+            parse("/libpod_parent/conmon"),
+            Err(E::NotAContainer),
+            "conmon is not the container"
+        );
+        assert_eq!(parse("/libpod_parent"), Err(E::NotAContainer));
+        assert!(matches!(
+            parse("/libpod_parent/libpod-abc"),
+            Err(E::InvalidContainerId { .. })
+        ));
+        // A delegated subtree below the container still belongs to it.
+        let nested = parse(&format!("/libpod_parent/libpod-{ID}/init.scope")).expect("nested");
+        assert_eq!(nested.container_id, ID);
     }
 
     #[test]
