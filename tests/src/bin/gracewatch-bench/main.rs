@@ -8,6 +8,7 @@
 //! 2. BPF run time per program per run, with `kernel.bpf_stats_enabled=1`.
 //! 3. Signal storm: the highest SIGUSR1 rate to the container's PID 1 with zero loss at the
 //!    default ring size.
+//! 4. Idle: the agent's CPU while nothing happens on a host with 1,000 cgroups.
 //!
 //! This file owns the order of the phases and the guards that undo them (container,
 //! agent, sysctl), and the command line. Each phase lives in its own module; `storm` is
@@ -16,6 +17,7 @@
 mod agent_proc;
 mod exit_storm;
 mod host;
+mod idle;
 mod report;
 mod signal_storm;
 mod storm;
@@ -197,6 +199,10 @@ fn bench(options: &Options) -> Result<()> {
     }
     // An error here is most likely a stop signal: then there is no point going on.
     let signal = paused.is_ok().then(|| signal_phase(&bin, init_pid));
+    let idle = signal
+        .as_ref()
+        .is_some_and(Result::is_ok)
+        .then(|| idle_phase(&bin));
 
     drop(stats);
     let restored = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
@@ -225,18 +231,35 @@ fn bench(options: &Options) -> Result<()> {
         "targets": {},
     });
     let signal = signal.transpose();
-    let doc = report::json(
+    let idle = idle.transpose();
+    let mut doc = report::json(
         header,
         (&exit, &figures),
         paused.as_ref().ok(),
         signal.as_ref().ok().and_then(Option::as_ref),
     );
+    if let Ok(Some(idle)) = &idle {
+        report::idle_json(&mut doc, idle);
+    }
     println!();
     report::print_targets(&doc);
     println!("BENCH_JSON {doc}");
     paused?;
     signal?;
+    idle?;
     Ok(())
+}
+
+fn idle_phase(bin: &std::path::Path) -> Result<idle::Idle> {
+    println!();
+    println!(
+        "4. Idle: the agent's CPU over {} s with nothing happening, on a host with at least {} cgroups",
+        idle::WINDOW.as_secs(),
+        idle::CGROUPS
+    );
+    let idle = idle::run(bin)?;
+    report::print_idle(&idle);
+    Ok(idle)
 }
 
 fn signal_phase(bin: &std::path::Path, init_pid: u32) -> Result<signal_storm::SignalStorm> {

@@ -323,6 +323,29 @@ fn programs_json(programs: &BTreeMap<String, RunStats>) -> Value {
         .into()
 }
 
+/// Idle CPU above this share of one core, in percent, misses the target.
+pub const IDLE_CORE_PERCENT_TARGET: f64 = 0.1;
+
+pub fn print_idle(i: &crate::idle::Idle) {
+    println!(
+        "   {} cgroups; agent CPU {:.3} s in {:.1} s = {:.3} % of one core (target < {IDLE_CORE_PERCENT_TARGET} %)",
+        i.cgroups,
+        i.agent_cpu_s,
+        i.window_s,
+        i.core_percent()
+    );
+}
+
+pub fn idle_json(doc: &mut Value, i: &crate::idle::Idle) {
+    doc["idle"] = json!({
+        "cgroups": i.cgroups,
+        "window_s": i.window_s,
+        "agent_cpu_s": i.agent_cpu_s,
+        "core_percent": i.core_percent(),
+    });
+    doc["targets"]["idle_core_percent_met"] = json!(i.core_percent() < IDLE_CORE_PERCENT_TARGET);
+}
+
 /// One line per target in the JSON's `targets` object.
 pub fn print_targets(doc: &Value) {
     println!("Targets:");
