@@ -34,17 +34,21 @@ pub enum EventKind {
     SignalDeliver = 2,
     Exit = 3,
     Exec = 4,
+    CgroupMkdir = 5,
+    CgroupRmdir = 6,
 }
 
 /// Number of slots in [`LOST_MAP`] (slot 0 is unused so a kind is its own index).
-pub const EVENT_KIND_SLOTS: u32 = 5;
+pub const EVENT_KIND_SLOTS: u32 = 7;
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::SignalGenerate,
         EventKind::SignalDeliver,
         EventKind::Exit,
         EventKind::Exec,
+        EventKind::CgroupMkdir,
+        EventKind::CgroupRmdir,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -53,6 +57,8 @@ impl EventKind {
             2 => Some(Self::SignalDeliver),
             3 => Some(Self::Exit),
             4 => Some(Self::Exec),
+            5 => Some(Self::CgroupMkdir),
+            6 => Some(Self::CgroupRmdir),
             _ => None,
         }
     }
@@ -63,6 +69,8 @@ impl EventKind {
             Self::SignalDeliver => "signal_deliver",
             Self::Exit => "exit",
             Self::Exec => "exec",
+            Self::CgroupMkdir => "cgroup_mkdir",
+            Self::CgroupRmdir => "cgroup_rmdir",
         }
     }
 
@@ -73,6 +81,8 @@ impl EventKind {
             Self::SignalDeliver => size_of::<SignalDeliverEvent>(),
             Self::Exit => size_of::<ExitEvent>(),
             Self::Exec => size_of::<ExecEvent>(),
+            Self::CgroupMkdir => size_of::<CgroupMkdirEvent>(),
+            Self::CgroupRmdir => size_of::<CgroupRmdirEvent>(),
         }
     }
 }
@@ -173,8 +183,41 @@ const _: () = assert!(size_of::<ExitEvent>() == 56);
 #[derive(Clone, Copy, Debug)]
 pub struct ExecEvent {
     pub header: EventHeader,
+    /// Thread group id (initial PID namespace) of the task's parent.
+    pub parent_tgid: u32,
+    /// 1 when the parent is outside the task's PID namespace or cgroup: the program was
+    /// started from outside the container (runc exec: an exec hook or probe, `kubectl
+    /// exec`), or it is the container's own init.
+    pub entered: u32,
 }
-const _: () = assert!(size_of::<ExecEvent>() == 48);
+const _: () = assert!(size_of::<ExecEvent>() == 56);
+
+/// Longest cgroup path a [`CgroupMkdirEvent`] carries, with its NUL. Runtime-made paths
+/// are 70-200 bytes; a longer one arrives cut and user space falls back to a walk.
+pub const CGROUP_PATH_LEN: usize = 512;
+
+/// A cgroup was created in the cgroup v2 hierarchy. The header's `cgroup_id` is the new
+/// cgroup's; its task fields are the creator's (runc, systemd, ...). Learning containers
+/// from this, rather than from walks, resolves containers that die within milliseconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupMkdirEvent {
+    pub header: EventHeader,
+    /// Bytes of `path` the kernel wrote, NUL included ([`CGROUP_PATH_LEN`]: maybe cut).
+    pub path_len: u32,
+    pub _pad: u32,
+    /// Path relative to the hierarchy's root, starting with `/`, NUL terminated.
+    pub path: [u8; CGROUP_PATH_LEN],
+}
+const _: () = assert!(size_of::<CgroupMkdirEvent>() == 48 + 8 + CGROUP_PATH_LEN);
+
+/// A cgroup v2 directory was removed (the header's `cgroup_id` is the removed cgroup's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupRmdirEvent {
+    pub header: EventHeader,
+}
+const _: () = assert!(size_of::<CgroupRmdirEvent>() == 48);
 
 /// Byte offsets of the kernel struct fields the probes read, found in the running
 /// kernel's BTF by user space at start-up. Reading `task_struct` through offsets found
@@ -186,6 +229,7 @@ pub struct KernelOffsets {
     pub task_comm: u32,
     pub task_exit_code: u32,
     pub task_group_leader: u32,
+    pub task_real_parent: u32,
     pub task_thread_pid: u32,
     pub task_signal: u32,
     pub task_cgroups: u32,
@@ -203,12 +247,17 @@ pub struct KernelOffsets {
     pub css_set_dfl_cgrp: u32,
     /// `struct cgroup.kn`
     pub cgroup_kn: u32,
+    /// `struct cgroup.root`
+    pub cgroup_root: u32,
+    /// `struct cgroup_root.hierarchy_id` (0: the default, v2 hierarchy)
+    pub cgroup_root_hierarchy_id: u32,
+    pub _pad: u32,
     /// `struct kernfs_node.id`
     pub kernfs_node_id: u32,
     /// `struct k_sigaction.sa` + `struct sigaction.sa_handler`
     pub ksigaction_handler: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 64);
+const _: () = assert!(size_of::<KernelOffsets>() == 80);
 
 /// Configuration handed to the probes as a read-only global.
 #[repr(C)]
@@ -224,7 +273,7 @@ pub struct Config {
     pub wakeup_bytes: u64,
     pub offsets: KernelOffsets,
 }
-const _: () = assert!(size_of::<Config>() == 88);
+const _: () = assert!(size_of::<Config>() == 104);
 
 /// [`Config::flags`]: trace every task, containers or not (benchmarks and debugging).
 pub const FLAG_TRACE_HOST: u64 = 1;
@@ -235,6 +284,7 @@ impl KernelOffsets {
         task_comm: 0,
         task_exit_code: 0,
         task_group_leader: 0,
+        task_real_parent: 0,
         task_thread_pid: 0,
         task_signal: 0,
         task_cgroups: 0,
@@ -245,6 +295,9 @@ impl KernelOffsets {
         signal_live: 0,
         css_set_dfl_cgrp: 0,
         cgroup_kn: 0,
+        cgroup_root: 0,
+        cgroup_root_hierarchy_id: 0,
+        _pad: 0,
         kernfs_node_id: 0,
         ksigaction_handler: 0,
     };

@@ -53,6 +53,8 @@ fn records() -> Vec<Vec<u8>> {
             }),
             n if n % 2 == 0 => bytes(&ExecEvent {
                 header: header(EventKind::Exec, i),
+                parent_tgid: 2,
+                entered: 0,
             }),
             _ => bytes(&ExitEvent {
                 header: header(EventKind::Exit, i),
@@ -91,6 +93,7 @@ fn main() {
             TrackerOptions::default(),
             Clock::sample(),
             metrics.termination.clone(),
+            0,
         );
         let mut p = Pipeline::new(attributor, tracker, &metrics);
         let t = Instant::now();

@@ -53,6 +53,12 @@ pub struct RunArgs {
     /// A pod still present this many seconds past deletion + grace period is stuck.
     #[arg(long, default_value_t = 30)]
     pub stuck_margin_seconds: u64,
+    /// The longest grace a runtime gives a container before SIGKILL, where the agent
+    /// cannot read it (standalone mode): a signal other than SIGTERM followed by the end
+    /// within it is the container's stop signal; a container that existed before the
+    /// agent and ended within it of the agent's start has an unknown outcome.
+    #[arg(long, default_value_t = 30)]
+    pub max_grace_seconds: u64,
     /// Trace host processes as well as containers (debugging and benchmarks).
     #[arg(long, hide = true)]
     pub trace_host: bool,

@@ -24,6 +24,11 @@ pub struct Placement {
     pub sandbox: bool,
     /// Who its metrics are about.
     pub subject: Subject,
+    /// The signal the pod spec says stops it (`lifecycle.stopSignal`), when not SIGTERM.
+    pub stop_signal: Option<u32>,
+    /// How long after its stop signal the runtime may wait before SIGKILL: the pod's grace
+    /// (at least kubelet's 2 s minimum), with a second of slack. `None`: not known.
+    pub stop_window_ns: Option<u64>,
 }
 
 /// Places a container: by its id in the API's view (Kubernetes mode), else as a cgroup of
@@ -37,16 +42,29 @@ pub fn place(view: &NodeView, c: &CgroupContainer) -> Placement {
     match pod {
         Some(p) => {
             let name = name.unwrap_or(SANDBOX);
+            let grace_s = p
+                .pod
+                .effective_grace_seconds()
+                .clamp(2, crate::kube::node::MAX_GRACE_SECONDS) as u64;
             Placement {
                 name: Some(name.to_string()),
                 sandbox: name == SANDBOX,
                 subject: Subject::new(&p.pod.namespace, &p.pod.workload, name),
+                stop_signal: p
+                    .pod
+                    .containers
+                    .iter()
+                    .find(|m| m.name == name)
+                    .and_then(|m| m.stop_signal),
+                stop_window_ns: Some((grace_s + 1) * 1_000_000_000),
             }
         }
         None => Placement {
             name: None,
             sandbox: false,
             subject: Subject::standalone(c.short_id()),
+            stop_signal: None,
+            stop_window_ns: None,
         },
     }
 }
@@ -70,7 +88,21 @@ pub struct JoinedMember {
     pub sigterm_ns: Option<u64>,
     pub sigkill_ns: Option<u64>,
     pub last_exit_ns: Option<u64>,
+    /// The exec preStop hook as the kernel saw it enter the container: its start, and
+    /// its end with whether it was killed (cut at the grace period) rather than exiting.
+    pub hook_seen: Option<HookSeen>,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HookSeen {
+    pub started_ns: u64,
+    pub ended_ns: Option<u64>,
+    pub killed: bool,
+}
+
+/// How far around the deletion kubelet's exec preStop hook may start: it runs the hook
+/// as soon as it sees the deletion, usually within milliseconds.
+pub const HOOK_START_WINDOW_NS: (u64, u64) = (500_000_000, 3_000_000_000);
 
 impl JoinedMember {
     pub fn has_prestop(&self) -> bool {
@@ -120,7 +152,7 @@ impl JoinedPod {
         }
     }
 
-    pub fn first_sigterm_ns(&self) -> Option<u64> {
+    pub fn first_stop_ns(&self) -> Option<u64> {
         self.members.iter().filter_map(|m| m.sigterm_ns).min()
     }
 
@@ -155,7 +187,7 @@ impl JoinedPod {
 
     /// SIGTERM reached the pod while its endpoint was still in its Services.
     pub fn sigterm_before_endpoint_removal(&self) -> bool {
-        match (self.first_sigterm_ns(), self.endpoint_down_ns) {
+        match (self.first_stop_ns(), self.endpoint_down_ns) {
             (Some(term), Some(down)) => term < down,
             _ => false,
         }
@@ -181,8 +213,8 @@ pub fn merge_timeline(
     timeline.sort_by_key(|e| e.at_ns);
 }
 
-/// preStop start and end, inferred from the deletion and the container's SIGTERM (an exec
-/// hook's own processes show up as `exec` entries between the two).
+/// preStop start and end: an exec hook's as the kernel saw it enter the container and
+/// end, otherwise inferred from the deletion and the container's SIGTERM.
 fn prestop_entries(j: &JoinedPod, clock: &Clock) -> Vec<TimelineEntry> {
     let mut out = Vec::new();
     let Some(start) = j.hooks_start_ns() else {
@@ -197,6 +229,33 @@ fn prestop_entries(j: &JoinedPod, clock: &Clock) -> Vec<TimelineEntry> {
             detail,
             at_ns,
         };
+        if let Some(h) = m.hook_seen {
+            out.push(entry(
+                h.started_ns,
+                "prestop_started",
+                format!(
+                    "preStop exec hook of {} entered the container (kernel)",
+                    m.name
+                ),
+            ));
+            if let Some(end) = h.ended_ns {
+                let how = if h.killed {
+                    "was killed (cut at the grace period)"
+                } else {
+                    "finished"
+                };
+                out.push(entry(
+                    end,
+                    "prestop_finished",
+                    format!(
+                        "preStop exec hook of {} {how} after {:.3}s (kernel)",
+                        m.name,
+                        end.saturating_sub(h.started_ns) as f64 / 1e9
+                    ),
+                ));
+            }
+            continue;
+        }
         out.push(entry(
             start,
             "prestop_started",

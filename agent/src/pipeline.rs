@@ -4,11 +4,11 @@
 //! cgroups attribution learns of are passed to the tracker and mirrored into the kernel's
 //! container-cgroup map.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use crate::{
     attribution::{Attributor, CgroupChange, ResolverError, Unattributed},
-    kernel::{decode, Probes},
+    kernel::{decode, CgroupEvent, KernelEvent, Probes},
     metrics::{AttributionMetrics, KernelMetrics, Metrics},
     termination::Tracker,
 };
@@ -54,14 +54,31 @@ impl Pipeline {
             }
         };
         self.kernel_metrics.received(ev.kind());
-        let h = ev.header();
-        let attributed = self.attributor.attribute(h.cgroup_id, h.tgid);
-        self.apply_changes();
-        match attributed {
-            Ok(c) => self.tracker.handle(&c, &ev),
-            Err(Unattributed::NotContainer) => self.attribution_metrics.not_container(),
-            Err(Unattributed::UnknownCgroup) => self.attribution_metrics.unknown_cgroup(),
+        match ev {
+            KernelEvent::Task(task) => {
+                let h = task.header();
+                let attributed = self.attributor.attribute(h.cgroup_id, h.tgid);
+                self.apply_changes();
+                match attributed {
+                    Ok(c) => self.tracker.handle(&c, &task),
+                    Err(Unattributed::NotContainer) => self.attribution_metrics.not_container(),
+                    Err(Unattributed::UnknownCgroup) => self.attribution_metrics.unknown_cgroup(),
+                }
+            }
+            KernelEvent::Cgroup(CgroupEvent::Created { id, path }) => {
+                self.attributor.cgroup_created(id, path.as_deref());
+                self.apply_changes();
+            }
+            KernelEvent::Cgroup(CgroupEvent::Removed { id }) => {
+                self.attributor.cgroup_removed(id, Instant::now());
+                self.apply_changes();
+            }
         }
+    }
+
+    /// Forgets removed cgroups whose late events have had their time.
+    pub fn maintain(&mut self) {
+        self.attributor.forget_expired(Instant::now());
     }
 
     /// Walks the cgroup tree for containers that appeared or went.
@@ -88,9 +105,14 @@ impl Pipeline {
     fn apply_changes(&mut self) {
         for change in self.attributor.take_changes() {
             match change {
-                CgroupChange::Appeared(c, procs) => {
-                    self.added_cgroups.push(c.cgroup_id);
-                    self.tracker.observe_container(c, &procs);
+                CgroupChange::Appeared {
+                    container,
+                    processes,
+                    existed_before_agent,
+                } => {
+                    self.added_cgroups.push(container.cgroup_id);
+                    self.tracker
+                        .observe_container(container, &processes, existed_before_agent);
                 }
                 CgroupChange::Removed(id) => {
                     self.removed_cgroups.push(id);

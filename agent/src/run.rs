@@ -30,8 +30,15 @@ use crate::{
 };
 
 /// The probes wake the reader only when a quarter of the ring is used; in between it
-/// drains the ring this often, which bounds how late an event is seen.
+/// drains the ring this often while records flow, which bounds how late an event is seen.
 const RING_POLL: Duration = Duration::from_millis(10);
+/// How often the ring is drained when nothing came for [`QUIET_AFTER`]: an idle node
+/// wakes the agent 10 times a second, not 100. The first record after a quiet spell is
+/// seen at most this late; those after it, [`RING_POLL`].
+const RING_POLL_QUIET: Duration = Duration::from_millis(100);
+const QUIET_AFTER: Duration = Duration::from_secs(1);
+/// How often the cgroup tree is walked although the kernel reports every cgroup.
+const SAFETY_WALK: Duration = Duration::from_secs(300);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mode = if args.standalone {
@@ -78,10 +85,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         TrackerOptions {
             history: args.history,
             stuck_margin_ns: args.stuck_margin_seconds.saturating_mul(1_000_000_000),
+            max_grace_ns: args.max_grace_seconds.saturating_mul(1_000_000_000),
             ..TrackerOptions::default()
         },
         Clock::sample(),
         metrics.termination.clone(),
+        boot_now_ns(),
     );
     let mut pipeline = Pipeline::new(Attributor::new(resolver), tracker, &metrics);
     let (kube_tx, mut kube_rx) = mpsc::channel(4096);
@@ -104,30 +113,36 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .context("ring buffer fd")?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut ring_poll = tokio::time::interval(RING_POLL);
-    ring_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut rescan = tokio::time::interval(Duration::from_secs(2));
-    let mut lost_poll = tokio::time::interval(Duration::from_secs(1));
+    let mut poll = RingPoll::new();
+    // Cgroups are learned from the kernel as they come and go; a walk is only a safety
+    // net, and runs at once when cgroup records were lost in a full ring.
+    let mut safety_walk =
+        tokio::time::interval_at(tokio::time::Instant::now() + SAFETY_WALK, SAFETY_WALK);
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("ring buffer poll")?;
+                let drained = drain(guard.get_inner_mut(), |r| pipeline.handle_record(r));
+                poll.saw(drained.records);
                 // Left ready when the budget ran out, so the next poll returns at once.
-                if drain(guard.get_inner_mut(), |r| pipeline.handle_record(r)) {
+                if drained.emptied {
                     guard.clear_ready();
                 }
                 pipeline.sync_kernel_map(&mut probes);
             }
-            _ = ring_poll.tick() => {
-                drain(ring.get_mut(), |r| pipeline.handle_record(r));
+            _ = tokio::time::sleep_until(poll.next()) => {
+                let drained = drain(ring.get_mut(), |r| pipeline.handle_record(r));
+                poll.polled(drained.records);
                 pipeline.sync_kernel_map(&mut probes);
             }
             Some(update) = kube_rx.recv() => {
                 // What the kernel saw before this API change is handled first: records
-                // wait in the ring for up to RING_POLL, a watch event does not.
-                drain(ring.get_mut(), |r| pipeline.handle_record(r));
+                // wait in the ring until the next poll, a watch event does not.
+                let drained = drain(ring.get_mut(), |r| pipeline.handle_record(r));
+                poll.saw(drained.records);
                 pipeline.tracker().kube(update, boot_now_ns());
             }
             _ = tick.tick() => {
@@ -137,15 +152,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     snap_tx.send_replace(s);
                 }
             }
-            _ = rescan.tick() => {
+            _ = safety_walk.tick() => walk(&mut pipeline, &mut probes),
+            _ = housekeeping.tick() => {
                 // Picks up a stepped wall clock.
                 pipeline.tracker().set_clock(Clock::sample());
-                if let Err(e) = pipeline.rescan() {
-                    tracing::warn!(error = %e, "cgroup walk failed");
+                pipeline.maintain();
+                if probes.export_counters(&metrics.kernel) {
+                    tracing::warn!("cgroup records were lost in a full ring; walking the cgroup tree");
+                    walk(&mut pipeline, &mut probes);
                 }
-                pipeline.sync_kernel_map(&mut probes);
             }
-            _ = lost_poll.tick() => probes.export_counters(&metrics.kernel),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -157,4 +173,47 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         w.abort();
     }
     Ok(())
+}
+
+/// When to drain the ring next: often while records flow, rarely when the node is quiet.
+struct RingPoll {
+    at: tokio::time::Instant,
+    last_record: tokio::time::Instant,
+}
+
+impl RingPoll {
+    fn new() -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            at: now + RING_POLL,
+            last_record: now,
+        }
+    }
+
+    fn next(&self) -> tokio::time::Instant {
+        self.at
+    }
+
+    /// Records were handled outside a poll.
+    fn saw(&mut self, records: usize) {
+        if records > 0 {
+            self.last_record = tokio::time::Instant::now();
+        }
+    }
+
+    /// A poll handled `records`; the next one is due after the interval that fits.
+    fn polled(&mut self, records: usize) {
+        self.saw(records);
+        let now = tokio::time::Instant::now();
+        let quiet = now.duration_since(self.last_record) >= QUIET_AFTER;
+        self.at = now + if quiet { RING_POLL_QUIET } else { RING_POLL };
+    }
+}
+
+/// Walks the cgroup tree and mirrors what it found into the kernel's container map.
+fn walk(pipeline: &mut Pipeline, probes: &mut Probes) {
+    if let Err(e) = pipeline.rescan() {
+        tracing::warn!(error = %e, "cgroup walk failed");
+    }
+    pipeline.sync_kernel_map(probes);
 }

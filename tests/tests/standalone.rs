@@ -269,6 +269,46 @@ fn exit_code_of_a_self_exiting_pid1_is_reported() {
 }
 
 #[test]
+fn a_crash_loop_of_containers_that_die_at_start_is_recorded_every_time() {
+    require_root();
+    let agent = Agent::start_standalone(&[]).expect("agent");
+    let before = agent.metrics().expect("metrics");
+    // PID 1 dies within milliseconds and its cgroup is removed at once, as a runtime
+    // restarting a crash-looping container does: the exit reaches the agent after the
+    // cgroup is gone, so only what the kernel said at mkdir can name the container.
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let c = Container::start(ContainerSpec::shell("crashloop", "exit 7").expect("spec"))
+            .expect("container");
+        c.wait_exit(WAIT).expect("wait").expect("exited");
+        ids.push(c.id().to_string());
+        // runc delete: the cgroup goes right after the exit.
+        drop(c);
+    }
+    for id in &ids {
+        let t = agent.wait_completed(id, WAIT).expect("termination");
+        let ct = &t["containers"][0];
+        assert_eq!(ct["outcome"], "self_exit", "{t:#}");
+        assert_eq!(ct["exit_code"], 7, "{t:#}");
+        assert_eq!(ct["pid1_comm"], "sh", "{t:#}");
+    }
+    let after = agent.metrics().expect("metrics");
+    let unknown = "gracewatch_unattributed_events_total{reason=\"unknown_cgroup\"}";
+    assert_eq!(
+        after.value(unknown),
+        before.value(unknown),
+        "every event of the dead containers was attributed"
+    );
+    assert_eq!(
+        after.sum(
+            "gracewatch_container_terminations_total",
+            &["outcome=\"self_exit\""]
+        ),
+        5.0
+    );
+}
+
+#[test]
 fn host_processes_never_reach_user_space() {
     require_root();
     let agent = Agent::start_standalone(&[]).expect("agent");

@@ -1,9 +1,10 @@
-//! Exec probe: which programs run in a container (its entrypoint, exec hooks, children).
+//! Exec probe: which programs run in a container (its entrypoint, exec hooks, children),
+//! and whether each was started from inside the container or entered it from outside.
 
 use agent_ebpf::{EventKind, ExecEvent};
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{helpers::generated, macros::raw_tracepoint, programs::RawTracePointContext};
 
-use super::{current_header, emit, probe_error};
+use super::{conf, current_header, emit, ns_identity, probe_error, read_at, task_cgroup_id};
 
 /// `sched:sched_process_exec`, TP_PROTO(struct task_struct *p, pid_t old_pid,
 /// struct linux_binprm *bprm); `current` is `p`, whose comm is already the new program's.
@@ -22,6 +23,20 @@ fn try_exec(_ctx: &RawTracePointContext) -> Result<(), i32> {
     let Some(header) = current_header(EventKind::Exec)? else {
         return Ok(());
     };
-    emit(EventKind::Exec, ExecEvent { header });
+    // Read only for traced tasks: whether the parent is outside the task's PID namespace
+    // (a lower level) or cgroup tells a program started from outside the container.
+    let task = unsafe { generated::bpf_get_current_task() };
+    let parent: u64 = read_at(task, conf!(offsets.task_real_parent))?;
+    let (_, parent_level) = ns_identity(parent)?;
+    let parent_cgroup = task_cgroup_id(parent)?;
+    let entered = parent_level < header.ns_level || parent_cgroup != header.cgroup_id;
+    emit(
+        EventKind::Exec,
+        ExecEvent {
+            header,
+            parent_tgid: read_at(parent, conf!(offsets.task_tgid))?,
+            entered: u32::from(entered),
+        },
+    );
     Ok(())
 }

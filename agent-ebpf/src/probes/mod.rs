@@ -1,6 +1,7 @@
 //! Maps, configuration and the helpers every probe shares: reading a task's identity
 //! through BTF-derived offsets, the container filter, and emitting records.
 
+mod cgroup;
 mod exec;
 mod exit;
 mod signal;
@@ -9,7 +10,7 @@ use agent_ebpf::{Config, EventHeader, EventKind, COMM_LEN, EVENT_KIND_SLOTS, FLA
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, generated},
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{ring_buf::RingBufEntry, HashMap, PerCpuArray, RingBuf},
 };
 
 #[map]
@@ -113,25 +114,35 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-/// Writes a record to the ring buffer, counting it as lost when the ring is full. The
-/// reader is woken only once enough is waiting: a wake-up per record (an interrupt, a
-/// context switch) costs far more than the record.
+/// Space in the ring for a record of `kind`, or `None` (counted as lost) when it is full.
+#[inline(always)]
+pub(crate) fn reserve<T: 'static>(kind: EventKind) -> Option<RingBufEntry<T>> {
+    let entry = EVENTS.reserve::<T>(0);
+    if entry.is_none() {
+        if let Some(slot) = LOST.get_ptr_mut(kind as u32) {
+            unsafe { *slot += 1 };
+        }
+    }
+    entry
+}
+
+/// Hands a filled record to user space. The reader is woken only once enough is waiting:
+/// a wake-up per record (an interrupt, a context switch) costs far more than the record.
+#[inline(always)]
+pub(crate) fn submit<T: 'static>(entry: RingBufEntry<T>) {
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= conf!(wakeup_bytes) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
+}
+
+/// Writes a record to the ring buffer, counting it as lost when the ring is full.
 #[inline(always)]
 pub(crate) fn emit<T: 'static>(kind: EventKind, record: T) {
-    match EVENTS.reserve::<T>(0) {
-        Some(mut entry) => {
-            entry.write(record);
-            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= conf!(wakeup_bytes) {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            };
-            entry.submit(flags);
-        }
-        None => {
-            if let Some(slot) = LOST.get_ptr_mut(kind as u32) {
-                unsafe { *slot += 1 };
-            }
-        }
+    if let Some(mut entry) = reserve::<T>(kind) {
+        entry.write(record);
+        submit(entry);
     }
 }

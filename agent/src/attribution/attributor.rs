@@ -1,8 +1,10 @@
-//! The attribution policy: a container for every event's cgroup id, learning the cgroups
-//! it does not know yet (from `/proc/<pid>/cgroup` while the task lives, else a
-//! rate-limited walk of the hierarchy), and forgetting removed cgroups once their late
-//! events have had time to arrive. What it learns is queued as [`CgroupChange`]s for the
-//! caller to pass on (the termination tracker, the kernel's container-cgroup map).
+//! The attribution policy: a container for every event's cgroup id. Cgroups are learned
+//! from the kernel as they are created and removed (so a container whose PID 1 dies
+//! within milliseconds still resolves), and, for ids not known that way, from
+//! `/proc/<pid>/cgroup` while the task lives, else a rate-limited walk of the hierarchy.
+//! Removed cgroups are forgotten once their late events have had time to arrive. What it
+//! learns is queued as [`CgroupChange`]s for the caller to pass on (the termination
+//! tracker, the kernel's container-cgroup map).
 
 use std::{
     collections::VecDeque,
@@ -42,7 +44,12 @@ pub struct CgroupProcess {
 /// is gone.
 #[derive(Debug)]
 pub enum CgroupChange {
-    Appeared(Arc<CgroupContainer>, Vec<CgroupProcess>),
+    Appeared {
+        container: Arc<CgroupContainer>,
+        processes: Vec<CgroupProcess>,
+        /// Found by the first walk: it was there before the agent started.
+        existed_before_agent: bool,
+    },
     Removed(u64),
 }
 
@@ -50,6 +57,8 @@ pub struct Attributor {
     resolver: Resolver,
     changes: Vec<CgroupChange>,
     forget_queue: VecDeque<(Instant, u64)>,
+    /// The first walk is done: containers found later are new.
+    walked: bool,
 }
 
 impl Attributor {
@@ -58,6 +67,7 @@ impl Attributor {
             resolver,
             changes: Vec::new(),
             forget_queue: VecDeque::new(),
+            walked: false,
         }
     }
 
@@ -84,7 +94,7 @@ impl Attributor {
                 // The task is usually still alive: ask the kernel where it is. A walk is
                 // the fallback (it also finds cgroups whose tasks are gone).
                 if let Some(c) = self.resolver.learn_from_proc(tgid, cgroup_id) {
-                    self.appeared(c.clone());
+                    self.appeared(c.clone(), false);
                     return Ok(c);
                 }
                 if !self.resolver.rescan_due() {
@@ -102,18 +112,40 @@ impl Attributor {
         }
     }
 
-    /// Walks the cgroup tree: new containers and removed cgroups are queued as changes;
-    /// removed cgroups are forgotten [`FORGET_AFTER`] later.
+    /// The kernel created a cgroup. `path` is `None` when its record could not carry it;
+    /// the cgroup is then learned on its first event instead.
+    pub fn cgroup_created(&mut self, cgroup_id: u64, path: Option<&str>) {
+        let Some(path) = path else { return };
+        if let Some(c) = self.resolver.created(cgroup_id, path) {
+            self.appeared(c, false);
+        }
+    }
+
+    /// The kernel removed a cgroup.
+    pub fn cgroup_removed(&mut self, cgroup_id: u64, now: Instant) {
+        if self.resolver.removed(cgroup_id) {
+            self.gone(cgroup_id, now);
+        }
+    }
+
+    /// Walks the cgroup tree: new containers and removed cgroups are queued as changes.
     pub fn rescan(&mut self) -> Result<(), ResolverError> {
         let delta = self.resolver.rescan()?;
+        let existed_before_agent = !self.walked;
+        self.walked = true;
         for c in delta.added {
-            self.appeared(c);
+            self.appeared(c, existed_before_agent);
         }
         let now = Instant::now();
         for id in delta.removed {
-            self.changes.push(CgroupChange::Removed(id));
-            self.forget_queue.push_back((now, id));
+            self.gone(id, now);
         }
+        self.forget_expired(now);
+        Ok(())
+    }
+
+    /// Forgets cgroups removed more than [`FORGET_AFTER`] before `now`.
+    pub fn forget_expired(&mut self, now: Instant) {
         while let Some((at, id)) = self.forget_queue.front().copied() {
             if now.duration_since(at) < FORGET_AFTER {
                 break;
@@ -121,7 +153,11 @@ impl Attributor {
             self.forget_queue.pop_front();
             self.resolver.forget(id);
         }
-        Ok(())
+    }
+
+    fn gone(&mut self, cgroup_id: u64, now: Instant) {
+        self.changes.push(CgroupChange::Removed(cgroup_id));
+        self.forget_queue.push_back((now, cgroup_id));
     }
 
     /// Changes learned since the last call, oldest first.
@@ -129,9 +165,13 @@ impl Attributor {
         self.changes.drain(..)
     }
 
-    fn appeared(&mut self, c: Arc<CgroupContainer>) {
-        let procs = processes_in(self.resolver.root(), &c);
-        self.changes.push(CgroupChange::Appeared(c, procs));
+    fn appeared(&mut self, container: Arc<CgroupContainer>, existed_before_agent: bool) {
+        let processes = processes_in(self.resolver.root(), &container);
+        self.changes.push(CgroupChange::Appeared {
+            container,
+            processes,
+            existed_before_agent,
+        });
     }
 }
 
@@ -159,4 +199,66 @@ pub fn processes_in(root: &Path, c: &CgroupContainer) -> Vec<CgroupProcess> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn attributor() -> Attributor {
+        // A root with no cgroups: everything here is learned from kernel records.
+        let root = std::env::temp_dir().join(format!("gw-attributor-{}", std::process::id()));
+        Attributor::new(Resolver::with_root(root))
+    }
+
+    #[test]
+    fn a_container_learned_at_mkdir_resolves_after_its_cgroup_is_gone() {
+        let mut a = attributor();
+        let path = format!("/kubepods/besteffort/pod6f1c2d3e-1111-2222-3333-444455556666/{ID}");
+        a.cgroup_created(77, Some(&path));
+        a.cgroup_created(78, Some("/system.slice/cron.service"));
+        let changes: Vec<CgroupChange> = a.take_changes().collect();
+        assert!(
+            matches!(
+                &changes[..],
+                [CgroupChange::Appeared { container, processes, existed_before_agent: false }]
+                    if container.cgroup_id == 77 && processes.is_empty()
+            ),
+            "{changes:?}"
+        );
+        let t0 = Instant::now();
+        a.cgroup_removed(77, t0);
+        assert!(matches!(
+            a.take_changes().collect::<Vec<_>>()[..],
+            [CgroupChange::Removed(77)]
+        ));
+        // The crash's exit arrives after the rmdir: still attributed.
+        let c = a
+            .attribute(77, 5_000_100)
+            .expect("attributed after removal");
+        assert_eq!(c.cgroup.container_id, ID);
+        assert_eq!(
+            a.attribute(78, 5_000_100).unwrap_err(),
+            Unattributed::NotContainer
+        );
+        a.forget_expired(t0 + FORGET_AFTER);
+        assert_eq!(
+            a.attribute(77, 5_000_100).unwrap_err(),
+            Unattributed::UnknownCgroup,
+            "forgotten once late events had their time"
+        );
+    }
+
+    #[test]
+    fn a_cut_path_is_learned_later_not_guessed() {
+        let mut a = attributor();
+        a.cgroup_created(90, None);
+        assert_eq!(a.take_changes().count(), 0);
+        assert_eq!(
+            a.attribute(90, 5_000_100).unwrap_err(),
+            Unattributed::UnknownCgroup
+        );
+    }
 }

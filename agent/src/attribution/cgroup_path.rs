@@ -146,7 +146,7 @@ enum Parent {
     /// `docker`, Docker's cgroupfs parent.
     Docker,
     /// `libpod_parent`, Podman's cgroupfs parent.
-    LibpodParent,
+    Libpod,
     /// `kubepods`, the cgroupfs root of all pods (Guaranteed pods sit right below it).
     Kubepods,
     /// `kubepods/burstable` or `kubepods/besteffort`.
@@ -230,7 +230,7 @@ fn read_segment(parent: Parent, segment: &str) -> Result<Step<'_>, CgroupPathErr
             return Ok(container(id, Some(Runtime::Docker), CgroupDriver::Cgroupfs));
         }
         // Podman names the container's cgroup like its systemd scope, without `.scope`.
-        Parent::LibpodParent => {
+        Parent::Libpod => {
             if let Some(id) = segment.strip_prefix("libpod-") {
                 if !id.starts_with("conmon") {
                     let id = check_id(id, segment)?;
@@ -366,7 +366,7 @@ fn read_cgroupfs_slot(parent: Parent, segment: &str) -> Result<Step<'_>, CgroupP
     let next = match (parent, segment) {
         (_, "kubepods") => Parent::Kubepods,
         (_, "docker") => Parent::Docker,
-        (_, "libpod_parent") => Parent::LibpodParent,
+        (_, "libpod_parent") => Parent::Libpod,
         (Parent::Kubepods, "burstable") => Parent::KubepodsQos(QosClass::Burstable),
         (Parent::Kubepods, "besteffort") => Parent::KubepodsQos(QosClass::BestEffort),
         (Parent::Kubepods, _) => return read_pod_dir(segment, QosClass::Guaranteed),

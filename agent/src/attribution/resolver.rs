@@ -1,7 +1,8 @@
-//! Maps cgroup v2 ids (what the probes report) to containers, by walking the cgroup v2
-//! hierarchy: a cgroup's id is the inode number of its directory. The walk is cheap (one
-//! `stat` per cgroup) and runs periodically and on a cache miss, rate-limited, so a
-//! container's cgroup is known before it terminates and stays known after it is removed.
+//! Maps cgroup v2 ids (what the probes report) to containers. Ids are learned from the
+//! kernel as cgroups are created (with their paths), and by walking the cgroup v2
+//! hierarchy, where a cgroup's id is the inode number of its directory: once at start,
+//! rarely as a safety net, and on a miss, rate-limited. A removed cgroup stays known for
+//! its late events until it is forgotten.
 
 use std::{
     collections::HashMap,
@@ -134,6 +135,20 @@ impl Resolver {
         }
         self.present.insert(cgroup_id, ());
         self.insert(cgroup_id, path)
+    }
+
+    /// A cgroup the kernel reported created, with its path. Returns the container it is,
+    /// if it is one.
+    pub fn created(&mut self, cgroup_id: u64, path: &str) -> Option<Arc<CgroupContainer>> {
+        self.present.insert(cgroup_id, ());
+        self.insert(cgroup_id, path)
+    }
+
+    /// A cgroup the kernel reported removed; true when it was known. Its entry stays
+    /// (late events still resolve) until `forget` is called.
+    pub fn removed(&mut self, cgroup_id: u64) -> bool {
+        self.present.remove(&cgroup_id);
+        self.by_id.contains_key(&cgroup_id)
     }
 
     /// Records a cgroup directly (tests, benchmarks, and paths learned from /proc).

@@ -25,6 +25,7 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, KernelError> {
         task_comm: r.offset("task_struct", "comm")?,
         task_exit_code: r.offset("task_struct", "exit_code")?,
         task_group_leader: r.offset("task_struct", "group_leader")?,
+        task_real_parent: r.offset("task_struct", "real_parent")?,
         task_thread_pid: r.offset("task_struct", "thread_pid")?,
         task_signal: r.offset("task_struct", "signal")?,
         task_cgroups: r.offset("task_struct", "cgroups")?,
@@ -35,6 +36,9 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, KernelError> {
         signal_live: r.offset("signal_struct", "live")?,
         css_set_dfl_cgrp: r.offset("css_set", "dfl_cgrp")?,
         cgroup_kn: r.offset("cgroup", "kn")?,
+        cgroup_root: r.offset("cgroup", "root")?,
+        cgroup_root_hierarchy_id: r.offset("cgroup_root", "hierarchy_id")?,
+        _pad: 0,
         kernfs_node_id: r.offset("kernfs_node", "id")?,
         ksigaction_handler: sigaction + r.offset("sigaction", "sa_handler")?,
     })

@@ -5,19 +5,52 @@
 use std::mem::size_of;
 
 use agent_ebpf::{
-    EventHeader, EventKind, ExecEvent, ExitEvent, SignalDeliverEvent, SignalGenerateEvent,
+    CgroupMkdirEvent, CgroupRmdirEvent, EventHeader, EventKind, ExecEvent, ExitEvent,
+    SignalDeliverEvent, SignalGenerateEvent, CGROUP_PATH_LEN,
 };
 
-/// One decoded kernel event; the payloads are the ABI structs, copied out of the ring.
-#[derive(Clone, Copy, Debug)]
+/// One decoded kernel event: about a task (what termination tracking follows) or about a
+/// cgroup (what attribution learns from).
+#[derive(Clone, Debug)]
 pub enum KernelEvent {
+    Task(TaskEvent),
+    Cgroup(CgroupEvent),
+}
+
+impl KernelEvent {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Self::Task(t) => t.kind(),
+            Self::Cgroup(CgroupEvent::Created { .. }) => EventKind::CgroupMkdir,
+            Self::Cgroup(CgroupEvent::Removed { .. }) => EventKind::CgroupRmdir,
+        }
+    }
+}
+
+/// A cgroup of the v2 hierarchy appeared or went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CgroupEvent {
+    /// `path` is relative to the hierarchy's root; `None` when the kernel's copy was cut
+    /// (longer than the record holds) or unreadable: the caller must find it another way.
+    Created {
+        id: u64,
+        path: Option<String>,
+    },
+    Removed {
+        id: u64,
+    },
+}
+
+/// An event about a task; the payloads are the ABI structs, copied out of the ring.
+#[derive(Clone, Copy, Debug)]
+pub enum TaskEvent {
     Signal(SignalGenerateEvent),
     Deliver(SignalDeliverEvent),
     Exit(ExitEvent),
     Exec(ExecEvent),
 }
 
-impl KernelEvent {
+impl TaskEvent {
     pub fn header(&self) -> &EventHeader {
         match self {
             Self::Signal(e) => &e.header,
@@ -53,6 +86,8 @@ pub enum DecodeError {
     BadSignal(u32),
     #[error("signal_generate result {0} is not one the kernel defines (0..=4)")]
     BadResult(u32),
+    #[error("cgroup_mkdir path length {0} is over the record's {CGROUP_PATH_LEN} bytes")]
+    BadPathLength(u32),
 }
 
 impl DecodeError {
@@ -64,6 +99,7 @@ impl DecodeError {
             Self::WrongLength { .. } => "wrong_length",
             Self::BadSignal(_) => "bad_signal",
             Self::BadResult(_) => "bad_result",
+            Self::BadPathLength(_) => "bad_path_length",
         }
     }
 }
@@ -94,17 +130,47 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
             if e.result > agent_ebpf::sig_result::LOSE_INFO {
                 return Err(DecodeError::BadResult(e.result));
             }
-            KernelEvent::Signal(e)
+            TaskEvent::Signal(e)
         }
         EventKind::SignalDeliver => {
             let e: SignalDeliverEvent = read(buf);
             check_signal(e.sig)?;
-            KernelEvent::Deliver(e)
+            TaskEvent::Deliver(e)
         }
-        EventKind::Exit => KernelEvent::Exit(read(buf)),
-        EventKind::Exec => KernelEvent::Exec(read(buf)),
+        EventKind::Exit => TaskEvent::Exit(read(buf)),
+        EventKind::Exec => TaskEvent::Exec(read(buf)),
+        EventKind::CgroupMkdir => {
+            let e: CgroupMkdirEvent = read(buf);
+            return Ok(KernelEvent::Cgroup(CgroupEvent::Created {
+                id: e.header.cgroup_id,
+                path: cgroup_path(&e)?,
+            }));
+        }
+        EventKind::CgroupRmdir => {
+            let e: CgroupRmdirEvent = read(buf);
+            return Ok(KernelEvent::Cgroup(CgroupEvent::Removed {
+                id: e.header.cgroup_id,
+            }));
+        }
     };
-    Ok(event)
+    Ok(KernelEvent::Task(event))
+}
+
+/// The path a mkdir record carries: `None` when it may be cut (the kernel filled the whole
+/// buffer), was unreadable (length 0) or is not UTF-8 (no runtime makes such names).
+fn cgroup_path(e: &CgroupMkdirEvent) -> Result<Option<String>, DecodeError> {
+    let len = e.path_len as usize;
+    if len > CGROUP_PATH_LEN {
+        return Err(DecodeError::BadPathLength(e.path_len));
+    }
+    if len == 0 || len == CGROUP_PATH_LEN {
+        return Ok(None);
+    }
+    let bytes = &e.path[..len - 1];
+    Ok(std::str::from_utf8(bytes)
+        .ok()
+        .filter(|p| p.starts_with('/'))
+        .map(str::to_owned))
 }
 
 fn check_signal(sig: u32) -> Result<(), DecodeError> {
@@ -205,7 +271,7 @@ mod tests {
     #[test]
     fn decodes_a_signal_record() {
         let ev = decode(&bytes(&signal(15, 1))).expect("decode");
-        let KernelEvent::Signal(s) = ev else {
+        let KernelEvent::Task(TaskEvent::Signal(s)) = ev else {
             panic!("wrong kind {ev:?}")
         };
         assert_eq!((s.sig, s.result, s.header.ns_tgid), (15, 1, 1));
@@ -220,7 +286,7 @@ mod tests {
             exit_code: 0x500,
             _pad: 0,
         };
-        let KernelEvent::Exit(e) = decode(&bytes(&exit)).expect("exit") else {
+        let KernelEvent::Task(TaskEvent::Exit(e)) = decode(&bytes(&exit)).expect("exit") else {
             panic!("not an exit")
         };
         assert_eq!(
@@ -229,8 +295,69 @@ mod tests {
         );
         let exec = ExecEvent {
             header: header(EventKind::Exec),
+            parent_tgid: 9,
+            entered: 1,
         };
-        assert!(matches!(decode(&bytes(&exec)), Ok(KernelEvent::Exec(e)) if e.header.tgid == 1000));
+        assert!(
+            matches!(decode(&bytes(&exec)), Ok(KernelEvent::Task(TaskEvent::Exec(e))) if e.header.tgid == 1000)
+        );
+    }
+
+    fn mkdir(path: &[u8], path_len: u32) -> CgroupMkdirEvent {
+        let mut e = CgroupMkdirEvent {
+            header: header(EventKind::CgroupMkdir),
+            path_len,
+            _pad: 0,
+            path: [0; CGROUP_PATH_LEN],
+        };
+        e.path[..path.len()].copy_from_slice(path);
+        e
+    }
+
+    #[test]
+    fn decodes_cgroup_records() {
+        let p = b"/kubepods/besteffort/pod1/abc";
+        let got = decode(&bytes(&mkdir(p, p.len() as u32 + 1))).expect("mkdir");
+        assert_eq!(
+            got.kind(),
+            EventKind::CgroupMkdir,
+            "the kind of a cgroup record"
+        );
+        let KernelEvent::Cgroup(CgroupEvent::Created { id, path }) = got else {
+            panic!("not a mkdir: {got:?}")
+        };
+        assert_eq!(
+            (id, path.as_deref()),
+            (42, Some("/kubepods/besteffort/pod1/abc"))
+        );
+        // Cut by the kernel, unreadable, relative or not UTF-8: the path is unknown.
+        let full = vec![b'a'; CGROUP_PATH_LEN - 1];
+        for (path, len) in [
+            (&full[..], CGROUP_PATH_LEN as u32),
+            (&b""[..], 0),
+            (&b"kubepods"[..], 9),
+            (&b"/\xff\xfe"[..], 4),
+        ] {
+            let got = decode(&bytes(&mkdir(path, len))).expect("mkdir");
+            assert!(
+                matches!(
+                    got,
+                    KernelEvent::Cgroup(CgroupEvent::Created { path: None, .. })
+                ),
+                "{got:?}"
+            );
+        }
+        assert_eq!(
+            decode(&bytes(&mkdir(b"/x", CGROUP_PATH_LEN as u32 + 1))).unwrap_err(),
+            DecodeError::BadPathLength(CGROUP_PATH_LEN as u32 + 1)
+        );
+        let rmdir = CgroupRmdirEvent {
+            header: header(EventKind::CgroupRmdir),
+        };
+        assert!(matches!(
+            decode(&bytes(&rmdir)),
+            Ok(KernelEvent::Cgroup(CgroupEvent::Removed { id: 42 }))
+        ));
     }
 
     #[test]

@@ -6,13 +6,29 @@ use aya::maps::{MapData, RingBuf};
 /// Records handled per call before the event loop looks at its timers again.
 pub const DRAIN_BUDGET: usize = 16 * 1024;
 
-/// Hands up to [`DRAIN_BUDGET`] records to `handle`; true when the ring was emptied.
-pub fn drain(ring: &mut RingBuf<MapData>, mut handle: impl FnMut(&[u8])) -> bool {
-    for _ in 0..DRAIN_BUDGET {
+/// What one call did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    pub records: usize,
+    /// The ring was emptied (false: the budget ran out first).
+    pub emptied: bool,
+}
+
+/// Hands up to [`DRAIN_BUDGET`] records to `handle`.
+pub fn drain(ring: &mut RingBuf<MapData>, mut handle: impl FnMut(&[u8])) -> Drained {
+    for records in 0..DRAIN_BUDGET {
         match ring.next() {
             Some(item) => handle(&item),
-            None => return true,
+            None => {
+                return Drained {
+                    records,
+                    emptied: true,
+                }
+            }
         }
     }
-    false
+    Drained {
+        records: DRAIN_BUDGET,
+        emptied: false,
+    }
 }

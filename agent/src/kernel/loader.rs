@@ -21,12 +21,17 @@ static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gracewatch-probes"));
 
 /// (program name in the object, raw tracepoint it attaches to)
-pub const PROGRAMS: [(&str, &str); 4] = [
+pub const PROGRAMS: [(&str, &str); 6] = [
     ("signal_generate", "signal_generate"),
     ("signal_deliver", "signal_deliver"),
     ("sched_process_exit", "sched_process_exit"),
     ("sched_process_exec", "sched_process_exec"),
+    ("cgroup_mkdir", "cgroup_mkdir"),
+    ("cgroup_rmdir", "cgroup_rmdir"),
 ];
+
+/// A running total per event kind, as the kernel-side counters keep them.
+pub type PerKind = [(EventKind, u64); EventKind::ALL.len()];
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -55,6 +60,8 @@ pub struct Probes {
     lost: PerCpuArray<MapData, u64>,
     probe_errors: PerCpuArray<MapData, u64>,
     containers: HashMap<MapData, u64, u8>,
+    /// cgroup records lost or failed so far (to tell when a walk must fill the gap).
+    cgroup_records_lost: u64,
 }
 
 impl Probes {
@@ -97,18 +104,19 @@ impl Probes {
                 lost,
                 probe_errors,
                 containers,
+                cgroup_records_lost: 0,
             },
             ring,
         ))
     }
 
     /// Records lost so far because the ring was full, per event kind (summed over CPUs).
-    pub fn lost_counts(&self) -> Result<[(EventKind, u64); 4], KernelError> {
+    pub fn lost_counts(&self) -> Result<PerKind, KernelError> {
         per_kind(&self.lost, LOST_MAP)
     }
 
     /// Events the probes gave up on (a kernel read failed), per kind.
-    pub fn probe_error_counts(&self) -> Result<[(EventKind, u64); 4], KernelError> {
+    pub fn probe_error_counts(&self) -> Result<PerKind, KernelError> {
         per_kind(&self.probe_errors, PROBE_ERRORS_MAP)
     }
 
@@ -144,10 +152,22 @@ impl Probes {
     }
 
     /// The kernel-side counters (records lost to a full ring, events the probes gave up
-    /// on, program run statistics) into their metrics.
-    pub fn export_counters(&self, metrics: &KernelMetrics) {
+    /// on, program run statistics) into their metrics. True when cgroup records were lost
+    /// since the last call: user space then no longer knows every cgroup.
+    pub fn export_counters(&mut self, metrics: &KernelMetrics) -> bool {
+        let mut cgroups_lost = false;
         match (self.lost_counts(), self.probe_error_counts()) {
-            (Ok(lost), Ok(errors)) => metrics.kernel_totals(&lost, &errors),
+            (Ok(lost), Ok(errors)) => {
+                metrics.kernel_totals(&lost, &errors);
+                let now: u64 = lost
+                    .iter()
+                    .chain(errors.iter())
+                    .filter(|(k, _)| matches!(k, EventKind::CgroupMkdir | EventKind::CgroupRmdir))
+                    .map(|(_, n)| n)
+                    .sum();
+                cgroups_lost = now > self.cgroup_records_lost;
+                self.cgroup_records_lost = now;
+            }
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(error = %e, "cannot read kernel-side counters")
             }
@@ -155,6 +175,7 @@ impl Probes {
         for (program, runs, ns) in self.run_stats() {
             metrics.program_stats(&program, runs, ns);
         }
+        cgroups_lost
     }
 }
 
@@ -168,10 +189,7 @@ fn raise_memlock_limit() {
     }
 }
 
-fn per_kind(
-    map: &PerCpuArray<MapData, u64>,
-    name: &'static str,
-) -> Result<[(EventKind, u64); 4], KernelError> {
+fn per_kind(map: &PerCpuArray<MapData, u64>, name: &'static str) -> Result<PerKind, KernelError> {
     let mut out = EventKind::ALL.map(|k| (k, 0u64));
     for (kind, total) in out.iter_mut() {
         let per_cpu = map.get(&(*kind as u32), 0).map_err(map_err(name))?;

@@ -7,7 +7,7 @@ pub mod decode;
 pub mod drain;
 pub mod loader;
 
-pub use decode::{decode, DecodeError, ExitStatus, KernelEvent};
+pub use decode::{decode, CgroupEvent, DecodeError, ExitStatus, KernelEvent, TaskEvent};
 pub use drain::drain;
 pub use loader::{LoadOptions, Probes};
 

@@ -40,6 +40,9 @@ pub struct ApiContainer {
     pub name: String,
     pub kind: ApiContainerKind,
     pub prestop: Option<PreStop>,
+    /// `lifecycle.stopSignal` as a signal number, when set (an unknown name is ignored:
+    /// the runtime would refuse it).
+    pub stop_signal: Option<u32>,
     /// Runtime container id without its `containerd://` scheme, once started.
     pub container_id: Option<String>,
     pub terminated: Option<ApiTerminated>,
@@ -121,6 +124,7 @@ pub fn api_pod(pod: &Pod) -> Result<ApiPod, ModelError> {
                 name: st.name.clone(),
                 kind: ApiContainerKind::Ephemeral,
                 prestop: None,
+                stop_signal: None,
                 container_id: st.container_id.as_deref().map(strip_scheme),
                 terminated: None,
             }),
@@ -165,6 +169,11 @@ fn container(c: &Container, statuses: &[&ContainerStatus], kind: ApiContainerKin
         name: c.name.clone(),
         kind,
         prestop,
+        stop_signal: c
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.stop_signal.as_deref())
+            .and_then(signal_number),
         container_id: status
             .and_then(|s| s.container_id.as_deref())
             .map(strip_scheme),
@@ -177,6 +186,14 @@ fn container(c: &Container, statuses: &[&ContainerStatus], kind: ApiContainerKin
                 reason: t.reason.clone(),
             }),
     }
+}
+
+/// A signal's number from its name as the API spells it (`SIGQUIT`).
+fn signal_number(name: &str) -> Option<u32> {
+    use std::str::FromStr;
+    nix::sys::signal::Signal::from_str(name)
+        .ok()
+        .map(|s| s as u32)
 }
 
 /// An API timestamp as the `time` crate's type the rest of the agent uses.
@@ -282,7 +299,7 @@ mod tests {
                 "terminationGracePeriodSeconds": 20,
                 "containers": [
                     {"name": "app", "lifecycle": {"preStop": {"sleep": {"seconds": 5}}}},
-                    {"name": "side", "lifecycle": {"preStop": {"exec": {"command": ["/bin/drain"]}}}}
+                    {"name": "side", "lifecycle": {"preStop": {"exec": {"command": ["/bin/drain"]}}, "stopSignal": "SIGQUIT"}}
                 ],
                 "initContainers": [{"name": "proxy", "restartPolicy": "Always"}]
             },
@@ -322,6 +339,10 @@ mod tests {
         assert_eq!(p.ips, ["10.0.0.7"]);
         assert_eq!(p.finalizers, ["example.com/hold"]);
         assert_eq!(p.containers[0].prestop, Some(PreStop::Sleep(5)));
+        assert_eq!(
+            (p.containers[0].stop_signal, p.containers[1].stop_signal),
+            (None, Some(3))
+        );
         assert_eq!(
             p.containers[1].prestop,
             Some(PreStop::Exec(vec!["/bin/drain".into()]))

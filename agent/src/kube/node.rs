@@ -489,6 +489,7 @@ mod tests {
                 name: "app".into(),
                 kind: ApiContainerKind::App,
                 prestop: None,
+                stop_signal: None,
                 container_id: Some("c1".into()),
                 terminated: None,
             }],

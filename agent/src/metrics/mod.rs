@@ -66,6 +66,18 @@ impl Metrics {
             })
             .set(1);
         registry.register("build_info", "Gracewatch version and mode", build_info);
+        let start_time = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        start_time.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        );
+        registry.register(
+            "agent_start_time_seconds",
+            "When this agent process started, in seconds since the Unix epoch: what happened before it is not seen (a restart leaves a gap)",
+            start_time,
+        );
         Self {
             registry,
             kernel: Arc::new(kernel),
@@ -112,6 +124,10 @@ mod tests {
         assert!(text.contains("gracewatch_unattributed_events_total{reason=\"unknown_cgroup\"} 0"));
         assert!(text.contains("gracewatch_bpf_probe_errors_total{kind=\"exit\"} 0"));
         assert!(text.contains("gracewatch_build_info{version=\"0.1.0\",mode=\"standalone\"} 1"));
+        assert!(
+            text.contains("# TYPE gracewatch_agent_start_time_seconds gauge"),
+            "{text}"
+        );
         assert!(
             text.contains("# HELP gracewatch_bpf_events_lost Kernel events dropped"),
             "{text}"

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::kernel::ExitStatus;
+use crate::{kernel::ExitStatus, report::signal_name};
 
 pub const SIGKILL: u32 = 9;
 pub const SIGTERM: u32 = 15;
@@ -56,9 +56,35 @@ impl Outcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignalFact {
     pub at_ns: u64,
+    pub sig: u32,
     pub sender_comm: String,
     pub sender_tgid: u32,
+    /// The kernel dropped it: the target had no handler (and, as a namespace's init,
+    /// ignores what it does not handle).
+    pub ignored: bool,
 }
+
+impl SignalFact {
+    pub fn name(&self) -> String {
+        signal_name(self.sig)
+    }
+}
+
+/// A program that entered the container from outside (an exec preStop hook or probe,
+/// `kubectl exec`), with everything it started: its processes never count against PID 1.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecSession {
+    /// Host pid of the program that entered.
+    pub root_tgid: u32,
+    pub comm: String,
+    pub started_ns: u64,
+    pub ended_ns: Option<u64>,
+    /// How the program that entered ended.
+    pub exit: Option<ExitStatus>,
+}
+
+/// Exec sessions remembered per container (exec probes start one every few seconds).
+pub const MAX_EXEC_SESSIONS: usize = 8;
 
 /// Everything the kernel showed about one container's end.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -66,27 +92,69 @@ pub struct KernelFacts {
     pub pid1_comm: Option<String>,
     pub pid1_exit: Option<ExitStatus>,
     pub pid1_exit_ns: Option<u64>,
-    /// First SIGTERM from outside the container to any of its processes.
-    pub first_sigterm: Option<SignalFact>,
-    /// That SIGTERM (or a later one) reached PID 1 and the kernel reported it ignored.
-    pub sigterm_ignored_by_pid1: bool,
+    /// The first signal from outside the container that asked PID 1 to stop: SIGTERM, or
+    /// the container's stop signal (the pod spec's `lifecycle.stopSignal`, or the
+    /// image's STOPSIGNAL, seen as the last other signal before the end; see
+    /// `stop_candidate`).
+    pub stop_signal: Option<SignalFact>,
+    /// The latest signal other than SIGTERM and SIGKILL sent to PID 1 from outside while
+    /// no stop signal is known. It becomes the stop signal if the end (PID 1's exit, or a
+    /// SIGKILL from outside) follows within the grace a runtime could have given;
+    /// otherwise it was something else (a reload, a log rotation).
+    pub stop_candidate: Option<SignalFact>,
+    /// The stop signal (or a later one of the same number) reached PID 1 and the kernel
+    /// reported it ignored.
+    pub stop_ignored_by_pid1: bool,
     /// First SIGKILL from outside the container to PID 1 (runtime, kubelet, a person).
     pub external_sigkill: Option<SignalFact>,
     /// A SIGKILL raised by the kernel itself (SI_KERNEL) that was not the PID-namespace
     /// teardown following PID 1's death: the OOM killer.
     pub kernel_sigkill: Option<SignalFact>,
-    /// The termination began before the agent was watching (Kubernetes mode: the pod was
-    /// deleted before the agent started): the absence of an early SIGTERM proves nothing.
+    /// The termination may have begun before the agent was watching (the pod was deleted
+    /// before the agent started; or, standalone, the container existed before the agent
+    /// and ended within the longest grace of its start): the absence of an early stop
+    /// signal proves nothing.
     pub partial: bool,
-    /// Processes (by name) that were alive when SIGTERM reached PID 1, never received a
-    /// SIGTERM themselves, and were then SIGKILLed (by the runtime or by the kernel when
-    /// PID 1 died): they had no chance to shut down.
+    /// Processes (by name) that were alive when the stop signal reached PID 1, never
+    /// received a signal themselves, and were then SIGKILLed (by the runtime or by the
+    /// kernel when PID 1 died): they had no chance to shut down.
     pub killed_unwarned: Vec<String>,
+    /// The latest exec sessions, oldest first (at most [`MAX_EXEC_SESSIONS`]).
+    pub exec_sessions: Vec<ExecSession>,
 }
 
 impl KernelFacts {
+    pub fn exec_session_started(&mut self, s: ExecSession) {
+        if self.exec_sessions.len() >= MAX_EXEC_SESSIONS {
+            self.exec_sessions.remove(0);
+        }
+        self.exec_sessions.push(s);
+    }
+
+    /// The first session that started in `[from, to]` (boot clock).
+    pub fn exec_session_between(&self, from: u64, to: u64) -> Option<&ExecSession> {
+        self.exec_sessions
+            .iter()
+            .find(|s| (from..=to).contains(&s.started_ns))
+    }
+
+    /// Makes the stop candidate the stop signal if the container's end, at `end_ns`, came
+    /// within `window_ns` of it. Returns the promoted signal.
+    pub fn promote_stop_candidate(&mut self, end_ns: u64, window_ns: u64) -> Option<&SignalFact> {
+        if self.stop_signal.is_some() {
+            return None;
+        }
+        let c = self.stop_candidate.take()?;
+        if end_ns.saturating_sub(c.at_ns) > window_ns || c.at_ns > end_ns {
+            return None;
+        }
+        self.stop_ignored_by_pid1 |= c.ignored;
+        self.stop_signal = Some(c);
+        self.stop_signal.as_ref()
+    }
+
     pub fn sigterm_to_exit_ns(&self) -> Option<u64> {
-        let term = self.first_sigterm.as_ref()?.at_ns;
+        let term = self.stop_signal.as_ref()?.at_ns;
         Some(self.pid1_exit_ns?.saturating_sub(term))
     }
 }
@@ -100,7 +168,7 @@ pub fn outcome(f: &KernelFacts) -> Outcome {
             if f.kernel_sigkill.is_some() {
                 Outcome::OomKilled
             } else if let Some(kill) = &f.external_sigkill {
-                match &f.first_sigterm {
+                match &f.stop_signal {
                     Some(term) if term.at_ns <= kill.at_ns => Outcome::ForcedKill,
                     _ if f.partial => Outcome::Unknown,
                     _ => Outcome::KilledWithoutSigterm,
@@ -109,7 +177,7 @@ pub fn outcome(f: &KernelFacts) -> Outcome {
                 Outcome::Unknown
             }
         }
-        _ if f.first_sigterm.is_some() => Outcome::Graceful,
+        _ if f.stop_signal.is_some() => Outcome::Graceful,
         _ if f.partial => Outcome::Unknown,
         Some(_) => Outcome::Crashed,
         None => Outcome::SelfExit,
@@ -165,18 +233,28 @@ pub fn diagnoses(f: &KernelFacts) -> Vec<Diagnosis> {
     let mut out = Vec::new();
     let comm = f.pid1_comm.as_deref().unwrap_or("?");
     let shell = is_shell(comm);
-    if shell && f.first_sigterm.is_some() && !f.killed_unwarned.is_empty() {
+    let stop = f
+        .stop_signal
+        .as_ref()
+        .map_or_else(|| "SIGTERM".to_string(), SignalFact::name);
+    // "SIGTERM", or "SIGQUIT (its stop signal)" when the container asked for another.
+    let stop_said = if stop == "SIGTERM" {
+        stop.clone()
+    } else {
+        format!("{stop} (its stop signal)")
+    };
+    if shell && f.stop_signal.is_some() && !f.killed_unwarned.is_empty() {
         out.push(Diagnosis {
             code: Code::ShellDidNotForwardSigterm,
             message: format!(
-                "PID 1 is /bin/{comm} and did not forward SIGTERM to {} ({}): use exec form (`exec app`, or a JSON-array ENTRYPOINT/command) or an init such as tini that forwards signals",
+                "PID 1 is /bin/{comm} and did not forward {stop_said} to {} ({}): use exec form (`exec app`, or a JSON-array ENTRYPOINT/command) or an init such as tini that forwards signals",
                 plural(f.killed_unwarned.len(), "child process", "child processes"),
                 f.killed_unwarned.join(", ")
             ),
         });
     }
-    if f.sigterm_ignored_by_pid1 {
-        let then = match (&f.external_sigkill, &f.first_sigterm) {
+    if f.stop_ignored_by_pid1 {
+        let then = match (&f.external_sigkill, &f.stop_signal) {
             (Some(k), Some(t)) => format!(
                 "; it ran on until SIGKILL from {} {} later",
                 k.sender_comm,
@@ -185,20 +263,23 @@ pub fn diagnoses(f: &KernelFacts) -> Vec<Diagnosis> {
             _ => String::new(),
         };
         let advice = if shell {
-            "trap TERM in the script and stop the app, or exec the app so it is PID 1"
+            format!(
+                "trap {} in the script and stop the app, or exec the app so it is PID 1",
+                stop.trim_start_matches("SIG")
+            )
         } else {
-            "install a SIGTERM handler that shuts down cleanly, or run under an init such as tini"
+            format!("install a {stop} handler that shuts down cleanly, or run under an init such as tini")
         };
         out.push(Diagnosis {
             code: Code::SigtermIgnored,
             message: format!(
-                "PID 1 ({comm}) has no SIGTERM handler; as its PID namespace's init it ignores signals it does not handle, so the kernel dropped SIGTERM{then}: {advice}"
+                "PID 1 ({comm}) has no {stop} handler; as its PID namespace's init it ignores signals it does not handle, so the kernel dropped {stop_said}{then}: {advice}"
             ),
         });
     }
     match outcome(f) {
         Outcome::ForcedKill => {
-            let (kill, term) = (f.external_sigkill.as_ref(), f.first_sigterm.as_ref());
+            let (kill, term) = (f.external_sigkill.as_ref(), f.stop_signal.as_ref());
             let after = match (kill, term) {
                 (Some(k), Some(t)) => secs(k.at_ns.saturating_sub(t.at_ns)),
                 _ => "?".into(),
@@ -207,7 +288,7 @@ pub fn diagnoses(f: &KernelFacts) -> Vec<Diagnosis> {
             out.push(Diagnosis {
                 code: Code::ForcedKill,
                 message: format!(
-                    "SIGKILLed by {by} {after} after SIGTERM: {comm} did not exit within the grace period; make it exit promptly on SIGTERM or raise terminationGracePeriodSeconds"
+                    "SIGKILLed by {by} {after} after {stop_said}: {comm} did not exit within the grace period; make it exit promptly on {stop} or raise terminationGracePeriodSeconds"
                 ),
             });
         }
@@ -237,9 +318,66 @@ mod tests {
     fn sig(at_ns: u64, sender: &str) -> Option<SignalFact> {
         Some(SignalFact {
             at_ns,
+            sig: SIGTERM,
             sender_comm: sender.into(),
             sender_tgid: 100,
+            ignored: false,
         })
+    }
+
+    fn quit(at_ns: u64, ignored: bool) -> SignalFact {
+        SignalFact {
+            at_ns,
+            sig: 3,
+            sender_comm: "runc".into(),
+            sender_tgid: 100,
+            ignored,
+        }
+    }
+
+    #[test]
+    fn a_stop_signal_plays_sigterms_role() {
+        const S: u64 = 1_000_000_000;
+        // docker stop on an image with STOPSIGNAL SIGQUIT that it ignores: QUIT, then
+        // SIGKILL 10 s later.
+        let mut f = killed(9, 11 * S);
+        f.stop_candidate = Some(quit(S, true));
+        f.external_sigkill = sig(11 * S, "runc");
+        assert!(f.promote_stop_candidate(11 * S, 30 * S).is_some());
+        assert_eq!(outcome(&f), Outcome::ForcedKill);
+        let d = diagnoses(&f);
+        let codes: Vec<_> = d.iter().map(|d| d.code.as_str()).collect();
+        assert_eq!(codes, ["SIGTERM_IGNORED", "FORCED_KILL"]);
+        assert!(
+            d[0].message
+                .starts_with("PID 1 (app) has no SIGQUIT handler")
+                && d[0].message.contains("dropped SIGQUIT (its stop signal)"),
+            "{}",
+            d[0].message
+        );
+        assert!(
+            d[1].message
+                .starts_with("SIGKILLed by runc 10.000s after SIGQUIT (its stop signal)"),
+            "{}",
+            d[1].message
+        );
+        // The same image, exiting on SIGQUIT within the grace: graceful.
+        let mut g = exited(0, 2 * S);
+        g.stop_candidate = Some(quit(S, false));
+        assert!(g.promote_stop_candidate(2 * S, 30 * S).is_some());
+        assert_eq!(outcome(&g), Outcome::Graceful);
+        assert_eq!(g.sigterm_to_exit_ns(), Some(S));
+        // A SIGHUP long before a crash was a reload, not a stop signal.
+        let mut h = killed(11, 100 * S);
+        h.stop_candidate = Some(quit(S, false));
+        assert!(h.promote_stop_candidate(100 * S, 30 * S).is_none());
+        assert_eq!(outcome(&h), Outcome::Crashed);
+        // A SIGTERM seen first stays the stop signal.
+        let mut t = exited(0, 2 * S);
+        t.stop_signal = sig(S / 2, "runc");
+        t.stop_candidate = Some(quit(S, false));
+        assert!(t.promote_stop_candidate(2 * S, 30 * S).is_none());
+        assert_eq!(t.stop_signal.as_ref().map(|s| s.sig), Some(SIGTERM));
     }
 
     fn exited(code: u8, at: u64) -> KernelFacts {
@@ -264,7 +402,7 @@ mod tests {
     #[test]
     fn sigterm_then_exit_is_graceful() {
         let f = KernelFacts {
-            first_sigterm: sig(1_000, "runc"),
+            stop_signal: sig(1_000, "runc"),
             ..exited(0, 1_250_000_000)
         };
         assert_eq!(outcome(&f), Outcome::Graceful);
@@ -276,8 +414,8 @@ mod tests {
     fn ignored_sigterm_then_sigkill_is_a_forced_kill() {
         let f = KernelFacts {
             pid1_comm: Some("sh".into()),
-            first_sigterm: sig(1_000_000_000, "runc"),
-            sigterm_ignored_by_pid1: true,
+            stop_signal: sig(1_000_000_000, "runc"),
+            stop_ignored_by_pid1: true,
             external_sigkill: sig(3_000_000_000, "runc"),
             ..killed(9, 3_000_100_000)
         };
@@ -300,8 +438,8 @@ mod tests {
     fn shell_that_keeps_its_children_unaware_is_diagnosed() {
         let f = KernelFacts {
             pid1_comm: Some("sh".into()),
-            first_sigterm: sig(1, "runc"),
-            sigterm_ignored_by_pid1: true,
+            stop_signal: sig(1, "runc"),
+            stop_ignored_by_pid1: true,
             external_sigkill: sig(2, "runc"),
             killed_unwarned: vec!["sleep".into()],
             ..killed(9, 3)
@@ -368,7 +506,7 @@ mod tests {
         };
         assert_eq!(outcome(&exited), Outcome::Unknown);
         let seen = KernelFacts {
-            first_sigterm: sig(4, "runc"),
+            stop_signal: sig(4, "runc"),
             ..f
         };
         assert_eq!(
@@ -381,7 +519,7 @@ mod tests {
     #[test]
     fn sigterm_after_the_kill_does_not_make_it_forced() {
         let f = KernelFacts {
-            first_sigterm: sig(9, "runc"),
+            stop_signal: sig(9, "runc"),
             external_sigkill: sig(5, "runc"),
             ..killed(9, 10)
         };

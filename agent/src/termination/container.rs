@@ -9,7 +9,7 @@ use std::{
 
 use agent_ebpf::{handler, si_code, sig_result};
 
-use super::classify::{Code, Diagnosis, KernelFacts, SignalFact, SIGKILL, SIGTERM};
+use super::classify::{Code, Diagnosis, ExecSession, KernelFacts, SignalFact, SIGKILL, SIGTERM};
 use crate::{
     attribution::CgroupContainer,
     clock::Clock,
@@ -18,6 +18,13 @@ use crate::{
     metrics::{Subject, TerminationMetrics},
     report::{signal_name, TimelineEntry},
 };
+
+/// What a container runtime's own init calls itself while it sets a container up, in the
+/// container's cgroup but before the container's program: runc's stages (`runc:[0:PARENT]`,
+/// `runc:[1:CHILD]`, `runc:[2:INIT]`), `exe` before runc renames itself, crun.
+fn is_runtime_init(comm: &str) -> bool {
+    comm.starts_with("runc") || comm == "exe" || comm == "crun"
+}
 
 /// Timeline entries kept per container; a signal storm must not grow memory.
 const MAX_TIMELINE: usize = 200;
@@ -31,6 +38,9 @@ pub(super) struct Proc {
     alive_at_sigterm: bool,
     /// Received a SIGTERM during the termination.
     got_sigterm: bool,
+    /// Host pid of the exec session it belongs to: it (or an ancestor) entered the
+    /// container from outside.
+    session: Option<u32>,
 }
 
 /// One container's live state while the tracker follows it: its processes, PID 1, the
@@ -43,6 +53,11 @@ pub(super) struct ContainerTrack {
     pub(super) name: Option<String>,
     /// The pod's sandbox: its end is part of the pod's story, not an outcome.
     pub(super) sandbox: bool,
+    /// The stop signal the pod spec names (`lifecycle.stopSignal`), if not SIGTERM.
+    spec_stop_signal: Option<u32>,
+    /// How soon after another signal the end must follow for that signal to be taken as
+    /// the container's stop signal: the longest grace it could have had.
+    stop_window_ns: u64,
     pub(super) pid1: Option<u32>,
     pub(super) procs: HashMap<u32, Proc>,
     pub(super) facts: KernelFacts,
@@ -52,6 +67,8 @@ pub(super) struct ContainerTrack {
     pub(super) last_exit_ns: Option<u64>,
     pub(super) last_event_ns: u64,
     pub(super) gone: bool,
+    /// It was there when the agent started: its termination may have begun unseen.
+    pub(super) existed_before_agent: bool,
     /// Processes whose exit was recorded lately (to drop duplicate exit records).
     recent_exits: VecDeque<u32>,
     /// PID-namespace depth of PID 1 (0: the container shares the host's).
@@ -61,12 +78,20 @@ pub(super) struct ContainerTrack {
 }
 
 impl ContainerTrack {
-    pub(super) fn new(container: Arc<CgroupContainer>, placement: Placement) -> Self {
+    /// `max_grace_ns`: the longest grace a runtime may give a container whose grace the
+    /// agent does not know (standalone mode).
+    pub(super) fn new(
+        container: Arc<CgroupContainer>,
+        placement: Placement,
+        max_grace_ns: u64,
+    ) -> Self {
         Self {
             container,
             subject: placement.subject,
             name: placement.name,
             sandbox: placement.sandbox,
+            spec_stop_signal: placement.stop_signal,
+            stop_window_ns: placement.stop_window_ns.unwrap_or(max_grace_ns),
             orphans: Vec::new(),
             pid1: None,
             procs: HashMap::new(),
@@ -77,15 +102,33 @@ impl ContainerTrack {
             last_exit_ns: None,
             last_event_ns: 0,
             gone: false,
+            existed_before_agent: false,
             recent_exits: VecDeque::new(),
             pid1_ns_level: None,
         }
     }
 
-    pub(super) fn add_proc(&mut self, tgid: u32, ns_tgid: u32, ns_level: u32, comm: String) {
-        // PID 1 of its own namespace is the container's init; a container sharing the
-        // host PID namespace has none, and its first process seen stands in for it.
-        if self.pid1.is_none() && (ns_tgid == 1 || ns_level == 0) {
+    /// A process of the container. `ran_program`: it exec'd a program in the container,
+    /// or was found running there; only such a process may stand in for PID 1.
+    pub(super) fn add_proc(
+        &mut self,
+        tgid: u32,
+        ns_tgid: u32,
+        ns_level: u32,
+        comm: String,
+        ran_program: bool,
+    ) {
+        // PID 1 of its own namespace is the container's init. A container sharing the host
+        // PID namespace has none: the first program run in it stands in, but never the
+        // runtime's own init, which passes through a new container's cgroup first.
+        let own_init = ns_tgid == 1 && ns_level > 0;
+        let stand_in = ns_level == 0 && ran_program && !is_runtime_init(&comm);
+        if own_init && self.pid1_ns_level == Some(0) && self.pid1 != Some(tgid) {
+            // A stand-in was chosen before the real init showed itself: what it did is
+            // not the container's end.
+            self.reset_pid1();
+        }
+        if self.pid1.is_none() && (own_init || stand_in) {
             self.pid1 = Some(tgid);
             self.pid1_ns_level = Some(ns_level);
             self.facts.pid1_comm = Some(comm.clone());
@@ -97,9 +140,20 @@ impl ContainerTrack {
                 comm: String::new(),
                 alive_at_sigterm: false,
                 got_sigterm: false,
+                session: None,
             });
             p.comm = comm;
         }
+    }
+
+    fn reset_pid1(&mut self) {
+        self.pid1 = None;
+        self.pid1_ns_level = None;
+        self.facts = KernelFacts::default();
+        self.terminating_since = None;
+        self.timeline.clear();
+        self.timeline_dropped = 0;
+        self.last_exit_ns = None;
     }
 
     /// Whether processes other than PID 1 are still believed alive.
@@ -115,6 +169,10 @@ impl ContainerTrack {
         }
         self.name = placement.name;
         self.sandbox = placement.sandbox;
+        self.spec_stop_signal = placement.stop_signal;
+        if let Some(window) = placement.stop_window_ns {
+            self.stop_window_ns = window;
+        }
     }
 
     /// The name entries and diagnoses use: the container's name, else its short id.
@@ -175,6 +233,41 @@ impl ContainerTrack {
         }
     }
 
+    /// A container that was there before the agent started and ended, without a stop
+    /// signal the agent saw, within the longest grace of the start: it may well have been
+    /// asked to stop before the agent could see it, so what it lacks is unknown, not
+    /// absent.
+    pub(super) fn check_started_before(
+        &mut self,
+        agent_started_ns: u64,
+        window_ns: u64,
+        clock: &Clock,
+    ) {
+        if !self.existed_before_agent || self.facts.stop_signal.is_some() {
+            return;
+        }
+        let end = self
+            .facts
+            .external_sigkill
+            .as_ref()
+            .map(|k| k.at_ns)
+            .or(self.facts.pid1_exit_ns);
+        if end.is_none_or(|e| e > agent_started_ns.saturating_add(window_ns)) {
+            return;
+        }
+        self.facts.partial = true;
+        self.note(
+            agent_started_ns,
+            "agent_started",
+            format!(
+                "the agent started {:.3}s before this container ended; the container already existed, so a stop signal sent before then was not seen and the outcome is unknown",
+                end.unwrap_or(agent_started_ns).saturating_sub(agent_started_ns) as f64 / 1e9
+            ),
+            clock,
+        );
+        self.timeline.sort_by_key(|e| e.at_ns);
+    }
+
     fn recording(&self) -> bool {
         self.terminating_since.is_some()
     }
@@ -183,9 +276,63 @@ impl ContainerTrack {
 fn fact(s: &agent_ebpf::SignalGenerateEvent) -> SignalFact {
     SignalFact {
         at_ns: s.header.ktime_ns,
+        sig: s.sig,
         sender_comm: comm_str(&s.sender_comm),
         sender_tgid: s.sender_tgid,
+        ignored: s.result == sig_result::IGNORED,
     }
+}
+
+/// Processes other than PID 1 alive when PID 1 is asked to stop: those that then die of
+/// SIGKILL without a signal of their own were never warned.
+fn mark_alive_at_stop(c: &mut ContainerTrack) {
+    let pid1 = c.pid1;
+    for (tgid, p) in c.procs.iter_mut().filter(|(tgid, _)| Some(**tgid) != pid1) {
+        p.alive_at_sigterm = true;
+        // Programs rename themselves after exec (busybox applets exec /proc/self/exe):
+        // the name now is the one people know.
+        if let Some(now) = live_comm(*tgid) {
+            p.comm = now;
+        }
+    }
+}
+
+/// The container ended at `end_ns` (PID 1 exited, or was SIGKILLed from outside): a
+/// signal sent to PID 1 shortly before is what the runtime asked it to stop with.
+fn promote_stop_candidate(
+    c: &mut ContainerTrack,
+    end_ns: u64,
+    metrics: &TerminationMetrics,
+    clock: &Clock,
+) {
+    let Some(stop) = c
+        .facts
+        .promote_stop_candidate(end_ns, c.stop_window_ns)
+        .cloned()
+    else {
+        return;
+    };
+    if stop.ignored {
+        metrics.sigterm_ignored(&c.subject);
+    }
+    let since = c
+        .terminating_since
+        .map_or(stop.at_ns, |t| t.min(stop.at_ns));
+    c.terminating_since = Some(since);
+    let target = c.facts.pid1_comm.clone().unwrap_or_else(|| "?".into());
+    c.note(
+        stop.at_ns,
+        "stop_signal",
+        format!(
+            "{} from {} (host pid {}, outside the container) to {target} (PID 1): {}; taken as the container's stop signal, since the end followed {:.3}s later",
+            stop.name(),
+            stop.sender_comm,
+            stop.sender_tgid,
+            if stop.ignored { "ignored" } else { "delivered" },
+            end_ns.saturating_sub(stop.at_ns) as f64 / 1e9
+        ),
+        clock,
+    );
 }
 
 fn result_name(result: u32) -> &'static str {
@@ -207,7 +354,7 @@ pub(super) fn on_signal(
     let h = &s.header;
     metrics.signal(&mut c.subject, s.sig, result_name(s.result));
     if !c.procs.contains_key(&h.tgid) {
-        c.add_proc(h.tgid, h.ns_tgid, h.ns_level, comm_str(&h.comm));
+        c.add_proc(h.tgid, h.ns_tgid, h.ns_level, comm_str(&h.comm), false);
     }
     let to_pid1 = c.is_pid1(h.tgid);
     if to_pid1 {
@@ -223,24 +370,18 @@ pub(super) fn on_signal(
         && c.is_pid1(s.sender_tgid)
         && !pid1_alive;
     let kernel_kill = s.sig == SIGKILL && s.code == si_code::SI_KERNEL && !teardown;
+    // SIGTERM, or the stop signal the pod spec names, asks PID 1 to stop.
+    let is_stop = s.sig == SIGTERM || Some(s.sig) == c.spec_stop_signal;
+    let warned = c.facts.stop_signal.is_some() || c.facts.stop_candidate.is_some();
     match s.sig {
-        SIGTERM if to_pid1 && external && c.facts.first_sigterm.is_none() => {
-            c.facts.first_sigterm = Some(fact(s));
+        _ if is_stop && to_pid1 && external && c.facts.stop_signal.is_none() => {
+            c.facts.stop_signal = Some(fact(s));
+            c.facts.stop_candidate = None;
+            if c.terminating_since.is_none() {
+                note_recent_sessions(c, h.ktime_ns, c.stop_window_ns, clock);
+            }
             c.terminating_since.get_or_insert(h.ktime_ns);
-            let pid1 = c.pid1;
-            for (tgid, p) in c.procs.iter_mut().filter(|(tgid, _)| Some(**tgid) != pid1) {
-                p.alive_at_sigterm = true;
-                // Programs rename themselves after exec (busybox applets exec
-                // /proc/self/exe): the name now is the one people know.
-                if let Some(now) = live_comm(*tgid) {
-                    p.comm = now;
-                }
-            }
-        }
-        SIGTERM if !to_pid1 && c.recording() && pid1_alive => {
-            if let Some(p) = c.procs.get_mut(&h.tgid) {
-                p.got_sigterm = true;
-            }
+            mark_alive_at_stop(c);
         }
         // A kernel SIGKILL to PID 1 that is not teardown is the OOM killer's (it runs in
         // whatever task was allocating, often PID 1 itself). One to another process
@@ -252,12 +393,25 @@ pub(super) fn on_signal(
         SIGKILL if kernel_kill => {}
         SIGKILL if to_pid1 && external && c.facts.external_sigkill.is_none() => {
             c.facts.external_sigkill = Some(fact(s));
+            promote_stop_candidate(c, h.ktime_ns, metrics, clock);
             c.terminating_since.get_or_insert(h.ktime_ns);
+        }
+        SIGKILL => {}
+        // Another signal to PID 1 from outside may be an image's STOPSIGNAL: whether it
+        // was is known when (if) the end follows.
+        _ if to_pid1 && external && c.facts.stop_signal.is_none() => {
+            c.facts.stop_candidate = Some(fact(s));
+            mark_alive_at_stop(c);
+        }
+        _ if !to_pid1 && warned && pid1_alive => {
+            if let Some(p) = c.procs.get_mut(&h.tgid) {
+                p.got_sigterm = true;
+            }
         }
         _ => {}
     }
-    if s.sig == SIGTERM && to_pid1 && s.result == sig_result::IGNORED {
-        c.facts.sigterm_ignored_by_pid1 = true;
+    if is_stop && to_pid1 && s.result == sig_result::IGNORED {
+        c.facts.stop_ignored_by_pid1 = true;
         metrics.sigterm_ignored(&c.subject);
     }
     if c.recording() {
@@ -315,15 +469,99 @@ pub(super) fn on_exec(c: &mut ContainerTrack, e: &agent_ebpf::ExecEvent, clock: 
             comm = now;
         }
     }
-    c.add_proc(h.tgid, h.ns_tgid, h.ns_level, comm.clone());
+    c.add_proc(h.tgid, h.ns_tgid, h.ns_level, comm.clone(), true);
+    // Started from outside (and not the container's init): an exec session begins. A
+    // program a session's process exec'd belongs to that session.
+    let session = if e.entered != 0 && !c.is_pid1(h.tgid) {
+        c.facts.exec_session_started(ExecSession {
+            root_tgid: h.tgid,
+            comm: comm.clone(),
+            started_ns: h.ktime_ns,
+            ended_ns: None,
+            exit: None,
+        });
+        Some(h.tgid)
+    } else {
+        c.procs.get(&e.parent_tgid).and_then(|p| p.session)
+    };
+    if let Some(p) = c.procs.get_mut(&h.tgid) {
+        p.session = session;
+    }
     if c.recording() || c.is_pid1(h.tgid) {
         let role = if c.is_pid1(h.tgid) {
             "PID 1"
         } else {
             "process"
         };
-        let detail = format!("{role} exec'd {comm} (pid {} in container)", h.ns_tgid);
-        c.note(h.ktime_ns, "exec", detail, clock);
+        let (what, detail) = if session == Some(h.tgid) {
+            (
+                "exec_session_started",
+                format!("{comm} entered the container from outside (an exec: a hook, a probe or kubectl exec; pid {} in container)", h.ns_tgid),
+            )
+        } else {
+            let how = if session.is_some() {
+                " in an exec session"
+            } else {
+                ""
+            };
+            (
+                "exec",
+                format!("{role} exec'd {comm}{how} (pid {} in container)", h.ns_tgid),
+            )
+        };
+        c.note(h.ktime_ns, what, detail, clock);
+    }
+}
+
+/// Exec sessions that started in the last `lookback_ns` before `at_ns` (an exec preStop
+/// hook runs before the stop signal): onto the timeline when the termination begins.
+fn note_recent_sessions(c: &mut ContainerTrack, at_ns: u64, lookback_ns: u64, clock: &Clock) {
+    let from = at_ns.saturating_sub(lookback_ns);
+    let recent: Vec<ExecSession> = c
+        .facts
+        .exec_sessions
+        .iter()
+        .filter(|s| s.started_ns >= from && s.started_ns <= at_ns)
+        .cloned()
+        .collect();
+    for s in recent {
+        c.note(
+            s.started_ns,
+            "exec_session_started",
+            format!(
+                "{} entered the container from outside (an exec: a hook, a probe or kubectl exec; host pid {})",
+                s.comm, s.root_tgid
+            ),
+            clock,
+        );
+        if let (Some(end), Some(exit)) = (s.ended_ns, s.exit) {
+            c.note(
+                end,
+                "exec_session_ended",
+                format!(
+                    "{} {} after {:.3}s",
+                    s.comm,
+                    exit_words(exit),
+                    secs(end.saturating_sub(s.started_ns))
+                ),
+                clock,
+            );
+        }
+    }
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+fn exit_words(status: ExitStatus) -> String {
+    match status {
+        ExitStatus::Exited(code) => format!("exited with code {code}"),
+        ExitStatus::Signaled { signal, core } => format!(
+            "killed by {}{}",
+            signal_name(u32::from(signal)),
+            if core { " (core dumped)" } else { "" }
+        ),
     }
 }
 
@@ -368,9 +606,18 @@ fn refresh_pid1_comm(c: &mut ContainerTrack, comm: &[u8]) {
     }
 }
 
-pub(super) fn on_exit(c: &mut ContainerTrack, e: &agent_ebpf::ExitEvent, clock: &Clock) {
+pub(super) fn on_exit(
+    c: &mut ContainerTrack,
+    e: &agent_ebpf::ExitEvent,
+    metrics: &TerminationMetrics,
+    clock: &Clock,
+) {
     let h = &e.header;
     let status = ExitStatus::from_exit_code(e.exit_code);
+    if c.pid1.is_none() && h.ns_tgid == 1 && h.ns_level > 0 {
+        // Its init, known only by its exit (an exec record lost, or from before the agent).
+        c.add_proc(h.tgid, h.ns_tgid, h.ns_level, comm_str(&h.comm), false);
+    }
     let removed = c.procs.remove(&h.tgid);
     let is_pid1 = c.is_pid1(h.tgid);
     // Threads of a process SIGKILLed together can each pass the "last one" check in the
@@ -389,23 +636,46 @@ pub(super) fn on_exit(c: &mut ContainerTrack, e: &agent_ebpf::ExitEvent, clock: 
         return;
     }
     let comm = comm_str(&h.comm);
-    if let Some(p) = removed {
-        if p.alive_at_sigterm && !p.got_sigterm && status.signal() == Some(SIGKILL as u8) {
+    if let Some(p) = &removed {
+        // An exec session's processes are not PID 1's children: not its to warn.
+        if p.alive_at_sigterm
+            && !p.got_sigterm
+            && p.session.is_none()
+            && status.signal() == Some(SIGKILL as u8)
+        {
             c.facts.killed_unwarned.push(comm.clone());
+        }
+    }
+    let mut session_ended = false;
+    if let Some(session) = c
+        .facts
+        .exec_sessions
+        .iter_mut()
+        .rev()
+        .find(|s| s.root_tgid == h.tgid && s.ended_ns.is_none())
+    {
+        session_ended = true;
+        session.ended_ns = Some(h.ktime_ns);
+        session.exit = Some(status);
+        let (comm, took) = (
+            session.comm.clone(),
+            h.ktime_ns.saturating_sub(session.started_ns),
+        );
+        if c.recording() {
+            c.note(
+                h.ktime_ns,
+                "exec_session_ended",
+                format!("{comm} {} after {:.3}s", exit_words(status), secs(took)),
+                clock,
+            );
         }
     }
     if is_pid1 {
         refresh_pid1_comm(c, &h.comm);
     }
-    let how = match status {
-        ExitStatus::Exited(code) => format!("exited with code {code}"),
-        ExitStatus::Signaled { signal, core } => format!(
-            "killed by {}{}",
-            signal_name(u32::from(signal)),
-            if core { " (core dumped)" } else { "" }
-        ),
-    };
+    let how = exit_words(status);
     if c.is_pid1(h.tgid) {
+        promote_stop_candidate(c, h.ktime_ns, metrics, clock);
         c.facts.pid1_exit = Some(status);
         c.facts.pid1_exit_ns = Some(h.ktime_ns);
         c.terminating_since.get_or_insert(h.ktime_ns);
@@ -418,15 +688,18 @@ pub(super) fn on_exit(c: &mut ContainerTrack, e: &agent_ebpf::ExitEvent, clock: 
         );
     } else if c.recording() {
         c.last_exit_ns = Some(h.ktime_ns);
-        let detail = format!("{comm} (pid {} in container) {how}", h.ns_tgid);
-        c.note(h.ktime_ns, "exit", detail, clock);
+        // A session's end is already on the timeline.
+        if !session_ended {
+            let detail = format!("{comm} (pid {} in container) {how}", h.ns_tgid);
+            c.note(h.ktime_ns, "exit", detail, clock);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{kernel::KernelEvent, metrics::Metrics};
+    use crate::{kernel::TaskEvent, metrics::Metrics};
     use agent_ebpf::{si_code, sig_result::*};
 
     use super::super::testkit::*;
@@ -443,7 +716,7 @@ mod tests {
         pid1_exit_ms: Option<u64>,
     }
 
-    fn feed(events: &[KernelEvent]) -> (ContainerTrack, Seen) {
+    fn feed(events: &[TaskEvent]) -> (ContainerTrack, Seen) {
         let metrics = Metrics::new("test").termination;
         let clock = Clock::with_offset_ns(0);
         let mut c = ContainerTrack::new(
@@ -452,22 +725,25 @@ mod tests {
                 name: None,
                 sandbox: false,
                 subject: Subject::standalone("aaaaaaaaaaaa"),
+                stop_signal: None,
+                stop_window_ns: None,
             },
+            30_000 * MS,
         );
         for ev in events {
             match ev {
-                KernelEvent::Exec(e) => on_exec(&mut c, e, &clock),
-                KernelEvent::Signal(s) => on_signal(&mut c, s, &metrics, &clock),
-                KernelEvent::Deliver(d) => on_deliver(&mut c, d, &clock),
-                KernelEvent::Exit(e) => on_exit(&mut c, e, &clock),
+                TaskEvent::Exec(e) => on_exec(&mut c, e, &clock),
+                TaskEvent::Signal(s) => on_signal(&mut c, s, &metrics, &clock),
+                TaskEvent::Deliver(d) => on_deliver(&mut c, d, &clock),
+                TaskEvent::Exit(e) => on_exit(&mut c, e, &metrics, &clock),
             }
         }
         let ms = |ns: u64| ns / MS;
         let f = &c.facts;
         let seen = Seen {
             terminating_ms: c.terminating_since.map(ms),
-            sigterm_ms: f.first_sigterm.as_ref().map(|s| ms(s.at_ns)),
-            ignored: f.sigterm_ignored_by_pid1,
+            sigterm_ms: f.stop_signal.as_ref().map(|s| ms(s.at_ns)),
+            ignored: f.stop_ignored_by_pid1,
             external_kill_ms: f.external_sigkill.as_ref().map(|s| ms(s.at_ns)),
             kernel_kill_ms: f.kernel_sigkill.as_ref().map(|s| ms(s.at_ns)),
             unwarned: f.killed_unwarned.clone(),
@@ -482,7 +758,7 @@ mod tests {
 
     #[test]
     fn container_state_rules() {
-        let cases: Vec<(&str, Vec<KernelEvent>, Seen)> = vec![
+        let cases: Vec<(&str, Vec<TaskEvent>, Seen)> = vec![
             (
                 "SIGTERM from outside to PID 1 starts the termination",
                 vec![
@@ -589,6 +865,66 @@ mod tests {
                 Seen::default(),
             ),
             (
+                "runc's init passing through a new container's cgroup is not its PID 1",
+                vec![
+                    TaskEvent::Exec(agent_ebpf::ExecEvent {
+                        header: agent_ebpf::EventHeader {
+                            ns_level: 0,
+                            ns_tgid: P2,
+                            ..header(agent_ebpf::EventKind::Exec, 0, P2, P2, "exe")
+                        },
+                        parent_tgid: PARENT_OUTSIDE,
+                        entered: 1,
+                    }),
+                    TaskEvent::Exit(agent_ebpf::ExitEvent {
+                        header: agent_ebpf::EventHeader {
+                            ns_level: 0,
+                            ns_tgid: P2,
+                            ..header(agent_ebpf::EventKind::Exit, 5, P2, P2, "runc:[0:PARENT]")
+                        },
+                        exit_code: 0,
+                        _pad: 0,
+                    }),
+                    exec(6, P1, 1, "job"),
+                    exit(50, P1, 1, "job", 3 << 8),
+                ],
+                Seen {
+                    terminating_ms: Some(50),
+                    pid1_exit_ms: Some(50),
+                    ..Seen::default()
+                },
+            ),
+            (
+                "an image's STOPSIGNAL that PID 1 ignores, then SIGKILL: the stop signal",
+                vec![
+                    exec(0, P1, 1, "app"),
+                    signal(10, P1, 1, "app", 3, RUNC, IGNORED),
+                    signal(10_010, P1, 1, "app", 9, RUNC, DELIVERED),
+                    exit(10_011, P1, 1, "app", 9),
+                ],
+                Seen {
+                    terminating_ms: Some(10),
+                    sigterm_ms: Some(10),
+                    ignored: true,
+                    external_kill_ms: Some(10_010),
+                    pid1_exit_ms: Some(10_011),
+                    ..Seen::default()
+                },
+            ),
+            (
+                "a SIGHUP long before PID 1 exits was not a stop signal",
+                vec![
+                    exec(0, P1, 1, "app"),
+                    signal(10, P1, 1, "app", 1, RUNC, DELIVERED),
+                    exit(50_000, P1, 1, "app", 0),
+                ],
+                Seen {
+                    terminating_ms: Some(50_000),
+                    pid1_exit_ms: Some(50_000),
+                    ..Seen::default()
+                },
+            ),
+            (
                 "PID 1 exiting by itself ends the container",
                 vec![exec(0, P1, 1, "job"), exit(50, P1, 1, "job", 3 << 8)],
                 Seen {
@@ -615,6 +951,43 @@ mod tests {
         for (name, events, want) in cases {
             assert_eq!(feed(&events).1, want, "{name}");
         }
+    }
+
+    #[test]
+    fn an_exec_hooks_processes_never_count_against_pid1() {
+        // The preStop hook `sh -c "sleep 3"` enters from outside; its sleep is still
+        // there when the app, which trapped SIGTERM, exits and the kernel kills the rest.
+        let (c, seen) = feed(&[
+            exec(0, P1, 1, "app"),
+            exec_by(100, P2, 7, "sh", PARENT_OUTSIDE, true),
+            exec_by(110, P3, 8, "sleep", P2, false),
+            signal(2000, P1, 1, "app", 15, RUNC, DELIVERED),
+            exit(2100, P1, 1, "app", 0),
+            signal(2101, P3, 8, "sleep", 9, TEARDOWN, DELIVERED),
+            exit(2102, P3, 8, "sleep", 9),
+            signal(2101, P2, 7, "sh", 9, TEARDOWN, DELIVERED),
+            exit(2103, P2, 7, "sh", 9),
+        ]);
+        assert!(seen.unwarned.is_empty(), "{seen:?}");
+        let s = &c.facts.exec_sessions;
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!((s[0].root_tgid, s[0].comm.as_str()), (P2, "sh"));
+        assert_eq!(s[0].ended_ns, Some(2103 * MS));
+        let whats: Vec<&str> = c.timeline.iter().map(|e| e.what.as_str()).collect();
+        assert_eq!(
+            whats,
+            [
+                "exec",
+                "exec_session_started",
+                "sigterm",
+                "container_exit",
+                "sigkill",
+                "exit",
+                "sigkill",
+                "exec_session_ended"
+            ],
+            "the hook that began before SIGTERM is on the timeline"
+        );
     }
 
     #[test]

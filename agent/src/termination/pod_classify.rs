@@ -13,7 +13,7 @@ pub fn pod_diagnoses(f: &JoinedPod) -> Vec<(Option<String>, Diagnosis)> {
     let mut out = Vec::new();
     if f.sigterm_before_endpoint_removal() {
         let (term, down) = (
-            f.first_sigterm_ns().unwrap_or(0),
+            f.first_stop_ns().unwrap_or(0),
             f.endpoint_down_ns.unwrap_or(0),
         );
         let lag = secs(down.saturating_sub(term));
@@ -32,30 +32,45 @@ pub fn pod_diagnoses(f: &JoinedPod) -> Vec<(Option<String>, Diagnosis)> {
         ));
     }
     for m in &f.members {
-        let (Some(kill), Some(start)) = (m.sigkill_ns, f.hooks_start_ns()) else {
+        let (Some(start), true) = (f.hooks_start_ns(), m.has_prestop()) else {
             continue;
         };
-        if !m.has_prestop() {
+        let grace_ns = (f.grace_seconds.max(0) as u64).saturating_mul(1_000_000_000);
+        let window = match (m.sigterm_ns, m.sigkill_ns) {
+            (Some(t), Some(k)) => Some(k.saturating_sub(t)),
+            _ => None,
+        };
+        // The hook ran for the whole grace period (kubelet cut it, then gave the app its
+        // 2 s minimum), or left the app no real SIGTERM window before SIGKILL.
+        let hook_ns = f.prestop_ns(m);
+        let used_all = hook_ns.is_some_and(|h| h.saturating_add(100_000_000) >= grace_ns)
+            || m.hook_seen.is_some_and(|h| h.killed);
+        let starved =
+            m.sigkill_ns.is_some() && window.is_none_or(|w| w <= MIN_GRACE_NS + 500_000_000);
+        if !(used_all || starved) {
             continue;
         }
-        let window = m.sigterm_ns.map(|t| kill.saturating_sub(t));
-        let starved = window.is_none_or(|w| w <= MIN_GRACE_NS + 500_000_000);
-        if !starved {
-            continue;
-        }
-        let hook = f
-            .prestop_ns(m)
+        let hook = hook_ns
             .map(secs)
-            .unwrap_or(secs(kill.saturating_sub(start)));
-        let window = window.map_or("no SIGTERM at all".to_string(), |w| {
-            format!("only {:.3}s between SIGTERM and SIGKILL", secs(w))
-        });
+            .unwrap_or(secs(m.sigkill_ns.unwrap_or(start).saturating_sub(start)));
+        let leaving = match (m.sigterm_ns, window) {
+            (None, _) => "no SIGTERM at all".to_string(),
+            (Some(_), Some(w)) => format!("only {:.3}s between SIGTERM and SIGKILL", secs(w)),
+            (Some(_), None) => {
+                "only the 2s kubelet adds after a hook that overran (the app happened to exit within them)".to_string()
+            }
+        };
+        let cut = if m.hook_seen.is_some_and(|h| h.killed) {
+            " (kubelet killed the hook at the grace period)"
+        } else {
+            ""
+        };
         out.push((
             Some(m.name.clone()),
             Diagnosis {
                 code: Code::PrestopExceededGrace,
                 message: format!(
-                    "preStop {} took {hook:.3}s of the {}s grace period, leaving {window}: shorten the hook or raise terminationGracePeriodSeconds above preStop + drain time",
+                    "preStop {} took {hook:.3}s of the {}s grace period{cut}, leaving {leaving}: shorten the hook or raise terminationGracePeriodSeconds above preStop + drain time",
                     m.prestop_kind.unwrap_or("hook"),
                     f.grace_seconds
                 ),
@@ -114,6 +129,7 @@ mod tests {
             sigterm_ns: term,
             sigkill_ns: kill,
             last_exit_ns: kill.or(term.map(|t| t + S / 2)),
+            hook_seen: None,
         }
     }
 
@@ -175,6 +191,33 @@ mod tests {
             ..f
         };
         assert!(pod_diagnoses(&nohook).is_empty());
+    }
+
+    #[test]
+    fn an_exec_hook_cut_at_the_grace_is_found_though_the_app_exited_gracefully() {
+        // grace 2 s; `sh -c "sleep 3"` as hook, killed at 2 s; SIGTERM at 2 s; the app
+        // traps it and exits 0.
+        let mut m = member(Some(2 * S), None, true);
+        m.prestop_kind = Some("exec");
+        m.hook_seen = Some(crate::join::HookSeen {
+            started_ns: S / 100,
+            ended_ns: Some(2 * S),
+            killed: true,
+        });
+        let f = JoinedPod {
+            grace_seconds: 2,
+            deletion_ns: Some(0),
+            members: vec![m],
+            ..Default::default()
+        };
+        let d = pod_diagnoses(&f);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].1.code, Code::PrestopExceededGrace);
+        assert!(
+            d[0].1.message.contains("took 2.000s of the 2s grace period (kubelet killed the hook at the grace period), leaving only the 2s kubelet adds"),
+            "{}",
+            d[0].1.message
+        );
     }
 
     #[test]

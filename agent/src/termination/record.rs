@@ -140,10 +140,29 @@ pub(super) fn timeline_of(c: &ContainerTrack, clock: &Clock) -> Vec<TimelineEntr
 
 fn member(c: &ContainerTrack, pod: Option<&ApiPodState>) -> JoinedMember {
     let name = c.display_name();
+    let prestop_kind = pod.and_then(|p| join::prestop_kind(p, &name));
+    // The exec session that entered the container as kubelet ran the hook.
+    let hook_seen = match (prestop_kind, pod.and_then(|p| p.deletion_ns)) {
+        (Some("exec"), Some(deletion)) => {
+            let (before, after) = join::HOOK_START_WINDOW_NS;
+            c.facts
+                .exec_session_between(
+                    deletion.saturating_sub(before),
+                    deletion.saturating_add(after),
+                )
+                .map(|s| join::HookSeen {
+                    started_ns: s.started_ns,
+                    ended_ns: s.ended_ns,
+                    killed: s.exit.and_then(|e| e.signal()) == Some(9),
+                })
+        }
+        _ => None,
+    };
     JoinedMember {
-        prestop_kind: pod.and_then(|p| join::prestop_kind(p, &name)),
+        prestop_kind,
+        hook_seen,
         name,
-        sigterm_ns: c.facts.first_sigterm.as_ref().map(|s| s.at_ns),
+        sigterm_ns: c.facts.stop_signal.as_ref().map(|s| s.at_ns),
         sigkill_ns: c.facts.external_sigkill.as_ref().map(|s| s.at_ns),
         last_exit_ns: c.last_exit_ns.or(c.facts.pid1_exit_ns),
     }
@@ -214,7 +233,7 @@ impl Records {
         if let Some(end) = m.last_exit_ns {
             rec.finished_ns = Some(rec.finished_ns.map_or(end, |f| f.max(end)));
         }
-        rec.signalled |= c.facts.first_sigterm.is_some()
+        rec.signalled |= c.facts.stop_signal.is_some()
             || c.facts.external_sigkill.is_some()
             || c.facts.kernel_sigkill.is_some();
         rec.outcomes.push(outcome);

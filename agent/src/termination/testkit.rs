@@ -10,7 +10,7 @@ use agent_ebpf::{
 
 use crate::{
     attribution::{cgroup_path, CgroupContainer},
-    kernel::KernelEvent,
+    kernel::TaskEvent,
 };
 
 pub const CG: u64 = 4242;
@@ -18,6 +18,7 @@ pub const CG: u64 = 4242;
 // can have these pids.
 pub const P1: u32 = 5_000_100;
 pub const P2: u32 = 5_000_101;
+pub const P3: u32 = 5_000_102;
 pub const MS: u64 = 1_000_000;
 /// A sender outside the container: (tgid, cgroup id, si_code), as `runc kill` sends.
 pub const RUNC: (u32, u64, i32) = (7, 1, si_code::SI_USER);
@@ -52,9 +53,27 @@ pub fn header(kind: EventKind, at_ms: u64, tgid: u32, ns_tgid: u32, name: &str) 
     }
 }
 
-pub fn exec(at_ms: u64, tgid: u32, ns_tgid: u32, name: &str) -> KernelEvent {
-    KernelEvent::Exec(ExecEvent {
+/// A program exec'd in the container by a process of its own (or its init's first exec).
+pub fn exec(at_ms: u64, tgid: u32, ns_tgid: u32, name: &str) -> TaskEvent {
+    exec_by(at_ms, tgid, ns_tgid, name, PARENT_OUTSIDE, ns_tgid == 1)
+}
+
+/// Where runc lives: the parent of a container's init and of exec'd programs.
+pub const PARENT_OUTSIDE: u32 = 6;
+
+/// A program exec'd by `parent`; `entered`: the parent is outside the container.
+pub fn exec_by(
+    at_ms: u64,
+    tgid: u32,
+    ns_tgid: u32,
+    name: &str,
+    parent: u32,
+    entered: bool,
+) -> TaskEvent {
+    TaskEvent::Exec(ExecEvent {
         header: header(EventKind::Exec, at_ms, tgid, ns_tgid, name),
+        parent_tgid: parent,
+        entered: u32::from(entered),
     })
 }
 
@@ -67,8 +86,8 @@ pub fn signal(
     sig: u32,
     from: (u32, u64, i32),
     result: u32,
-) -> KernelEvent {
-    KernelEvent::Signal(SignalGenerateEvent {
+) -> TaskEvent {
+    TaskEvent::Signal(SignalGenerateEvent {
         header: header(EventKind::SignalGenerate, at_ms, tgid, ns_tgid, name),
         sig,
         code: from.2,
@@ -86,8 +105,8 @@ pub fn deliver(
     name: &str,
     sig: u32,
     handler: u64,
-) -> KernelEvent {
-    KernelEvent::Deliver(SignalDeliverEvent {
+) -> TaskEvent {
+    TaskEvent::Deliver(SignalDeliverEvent {
         header: header(EventKind::SignalDeliver, at_ms, tgid, ns_tgid, name),
         sig,
         _pad: 0,
@@ -95,8 +114,8 @@ pub fn deliver(
     })
 }
 
-pub fn exit(at_ms: u64, tgid: u32, ns_tgid: u32, name: &str, code: u32) -> KernelEvent {
-    KernelEvent::Exit(ExitEvent {
+pub fn exit(at_ms: u64, tgid: u32, ns_tgid: u32, name: &str, code: u32) -> TaskEvent {
+    TaskEvent::Exit(ExitEvent {
         header: header(EventKind::Exit, at_ms, tgid, ns_tgid, name),
         exit_code: code,
         _pad: 0,

@@ -18,7 +18,7 @@ use crate::{
     attribution::{CgroupContainer, CgroupProcess},
     clock::Clock,
     join,
-    kernel::KernelEvent,
+    kernel::TaskEvent,
     kube::{KubeUpdate, NodeView, PodChange},
     metrics::TerminationMetrics,
     report::{Snapshot, Termination},
@@ -38,6 +38,11 @@ pub struct TrackerOptions {
     pub history: usize,
     /// A pod still present this long past deletion + grace period is stuck.
     pub stuck_margin_ns: u64,
+    /// The longest grace a runtime may give a container whose grace is not known
+    /// (standalone mode): a signal followed by the end within it is the container's stop
+    /// signal, and a container that existed before the agent and ended within it of the
+    /// agent's start may have been stopped before the agent could see it.
+    pub max_grace_ns: u64,
 }
 
 impl Default for TrackerOptions {
@@ -46,12 +51,15 @@ impl Default for TrackerOptions {
             linger_ns: 500_000_000,
             history: 256,
             stuck_margin_ns: 30_000_000_000,
+            max_grace_ns: 30_000_000_000,
         }
     }
 }
 
 pub struct Tracker {
     opts: TrackerOptions,
+    /// When the agent started watching (boot clock).
+    started_ns: u64,
     clock: Clock,
     metrics: Arc<TerminationMetrics>,
     containers: HashMap<u64, ContainerTrack>,
@@ -64,10 +72,17 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(opts: TrackerOptions, clock: Clock, metrics: Arc<TerminationMetrics>) -> Self {
+    /// A tracker that started watching at `started_ns` (boot clock).
+    pub fn new(
+        opts: TrackerOptions,
+        clock: Clock,
+        metrics: Arc<TerminationMetrics>,
+        started_ns: u64,
+    ) -> Self {
         let records = Records::new(opts.history);
         Self {
             opts,
+            started_ns,
             clock,
             metrics,
             containers: HashMap::new(),
@@ -83,24 +98,32 @@ impl Tracker {
         self.clock = clock;
     }
 
-    /// A container found in the cgroup tree, with the processes already in it.
-    pub fn observe_container(&mut self, c: Arc<CgroupContainer>, procs: &[CgroupProcess]) {
+    /// A container found in the cgroup tree, with the processes already in it;
+    /// `existed_before_agent`: it was there when the agent started.
+    pub fn observe_container(
+        &mut self,
+        c: Arc<CgroupContainer>,
+        procs: &[CgroupProcess],
+        existed_before_agent: bool,
+    ) {
         if self.finished.contains(&c.cgroup_id) {
             return;
         }
+        let max_grace = self.opts.max_grace_ns;
         let Self {
             containers, view, ..
         } = self;
         let track = containers
             .entry(c.cgroup_id)
-            .or_insert_with(|| ContainerTrack::new(c.clone(), join::place(view, &c)));
+            .or_insert_with(|| ContainerTrack::new(c.clone(), join::place(view, &c), max_grace));
+        track.existed_before_agent |= existed_before_agent;
         let mut sorted: Vec<&CgroupProcess> = procs.iter().collect();
         // The namespace init first; without one (a shared PID namespace) the oldest
         // process stands in for it.
         sorted.sort_by_key(|p| (p.ns_tgid != 1, p.start_time, p.tgid));
         for p in sorted {
             if !track.procs.contains_key(&p.tgid) {
-                track.add_proc(p.tgid, p.ns_tgid, p.ns_level, p.comm.clone());
+                track.add_proc(p.tgid, p.ns_tgid, p.ns_level, p.comm.clone(), true);
             }
         }
     }
@@ -115,11 +138,12 @@ impl Tracker {
         }
     }
 
-    pub fn handle(&mut self, c: &Arc<CgroupContainer>, ev: &KernelEvent) {
+    pub fn handle(&mut self, c: &Arc<CgroupContainer>, ev: &TaskEvent) {
         let id = c.cgroup_id;
         if self.finished.contains(&id) {
             return;
         }
+        let max_grace = self.opts.max_grace_ns;
         let Self {
             containers,
             view,
@@ -131,13 +155,13 @@ impl Tracker {
         // One lookup on the hot path; the placement is worked out once per container.
         let track = containers
             .entry(id)
-            .or_insert_with(|| ContainerTrack::new(c.clone(), join::place(view, c)));
+            .or_insert_with(|| ContainerTrack::new(c.clone(), join::place(view, c), max_grace));
         track.last_event_ns = track.last_event_ns.max(ev.header().ktime_ns);
         match ev {
-            KernelEvent::Exec(e) => on_exec(track, e, clock),
-            KernelEvent::Signal(s) => on_signal(track, s, metrics, clock),
-            KernelEvent::Deliver(d) => on_deliver(track, d, clock),
-            KernelEvent::Exit(e) => on_exit(track, e, clock),
+            TaskEvent::Exec(e) => on_exec(track, e, clock),
+            TaskEvent::Signal(s) => on_signal(track, s, metrics, clock),
+            TaskEvent::Deliver(d) => on_deliver(track, d, clock),
+            TaskEvent::Exit(e) => on_exit(track, e, metrics, clock),
         }
         *dirty = true;
     }
@@ -227,6 +251,7 @@ impl Tracker {
                 }
             }
             c.check_orphans();
+            c.check_started_before(self.started_ns, self.opts.max_grace_ns, &self.clock);
             let key = join::record_key(&c.container).to_string();
             self.records
                 .finalize(c, self.view.get(&key), &self.metrics, &self.clock);
@@ -275,11 +300,12 @@ mod tests {
     use crate::metrics::Metrics;
     use agent_ebpf::{si_code, sig_result};
 
-    fn run(events: &[KernelEvent]) -> Tracker {
+    fn run(events: &[TaskEvent]) -> Tracker {
         let mut t = Tracker::new(
             TrackerOptions::default(),
             Clock::with_offset_ns(0),
             Metrics::new("test").termination,
+            0,
         );
         let c = container();
         for e in events {
@@ -292,6 +318,51 @@ mod tests {
         t.tick(now_ms * MS);
         t.snapshot(now_ms * MS)
             .and_then(|s| s.terminations.last().cloned())
+    }
+
+    #[test]
+    fn a_container_from_before_the_agent_killed_soon_after_its_start_is_unknown() {
+        let seed = |at_kill_ms: u64| {
+            let mut t = run(&[]);
+            t.observe_container(
+                container(),
+                &[CgroupProcess {
+                    tgid: P1,
+                    ns_tgid: 1,
+                    ns_level: 1,
+                    start_time: 1,
+                    comm: "app".into(),
+                }],
+                true,
+            );
+            let c = container();
+            for e in [
+                signal(at_kill_ms, P1, 1, "app", 9, RUNC, sig_result::DELIVERED),
+                exit(at_kill_ms + 1, P1, 1, "app", 9),
+            ] {
+                t.handle(&c, &e);
+            }
+            last(&mut t, at_kill_ms + 5000).expect("termination")
+        };
+        // SIGKILL 2 s after the agent started: the SIGTERM may have come just before it.
+        let early = seed(2000);
+        assert_eq!(early.containers[0].outcome.as_deref(), Some("unknown"));
+        assert!(
+            early.timeline.iter().any(|e| e.what == "agent_started"),
+            "{:?}",
+            early.timeline
+        );
+        assert!(
+            early.diagnoses.is_empty(),
+            "nothing invented: {:?}",
+            early.diagnoses
+        );
+        // 40 s after: no grace is that long, so no SIGTERM came.
+        let late = seed(40_000);
+        assert_eq!(
+            late.containers[0].outcome.as_deref(),
+            Some("killed_without_sigterm")
+        );
     }
 
     #[test]
