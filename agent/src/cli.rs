@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// agent and ended within it of the agent's start has an unknown outcome.
     #[arg(long, default_value_t = 30)]
     pub max_grace_seconds: u64,
+    /// Seconds a standalone container's metric series (labelled by its id) are kept
+    /// after its termination completes, so container churn cannot grow /metrics forever.
+    #[arg(long, default_value_t = 120)]
+    pub series_ttl_seconds: u64,
     /// Trace host processes as well as containers (debugging and benchmarks).
     #[arg(long, hide = true)]
     pub trace_host: bool,

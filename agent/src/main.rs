@@ -4,7 +4,11 @@ use clap::Parser;
 use gracewatch::cli::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
+// One thread: the agent's event loop, its HTTP server and its watchers are all short
+// reactions to I/O and timers. On a multi-threaded runtime every timer tick crossed
+// threads (a worker woke from epoll, then woke the loop with a futex), which was most of
+// the agent's CPU on an idle node.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(

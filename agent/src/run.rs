@@ -92,6 +92,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.termination.clone(),
         boot_now_ns(),
     );
+    metrics
+        .termination
+        .set_series_ttl_ns(args.series_ttl_seconds.saturating_mul(1_000_000_000));
     let mut pipeline = Pipeline::new(Attributor::new(resolver), tracker, &metrics);
     let (kube_tx, mut kube_rx) = mpsc::channel(4096);
     let watchers = match kube_client {
@@ -114,6 +117,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("ring buffer fd")?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut poll = RingPoll::new();
+    // One timer, moved on each poll: a new one per loop would re-register with the
+    // timer wheel (and wake the driver) every time round.
+    let ring_timer = tokio::time::sleep_until(poll.next());
+    tokio::pin!(ring_timer);
     // Cgroups are learned from the kernel as they come and go; a walk is only a safety
     // net, and runs at once when cgroup records were lost in a full ring.
     let mut safety_walk =
@@ -133,9 +140,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 pipeline.sync_kernel_map(&mut probes);
             }
-            _ = tokio::time::sleep_until(poll.next()) => {
+            _ = &mut ring_timer => {
                 let drained = drain(ring.get_mut(), |r| pipeline.handle_record(r));
                 poll.polled(drained.records);
+                ring_timer.as_mut().reset(poll.next());
                 pipeline.sync_kernel_map(&mut probes);
             }
             Some(update) = kube_rx.recv() => {

@@ -121,10 +121,13 @@ impl Attributor {
         }
     }
 
-    /// The kernel removed a cgroup.
+    /// The kernel removed a cgroup. A container's is reported gone (and forgotten later);
+    /// any other is forgotten at once.
     pub fn cgroup_removed(&mut self, cgroup_id: u64, now: Instant) {
         if self.resolver.removed(cgroup_id) {
             self.gone(cgroup_id, now);
+        } else {
+            self.resolver.forget(cgroup_id);
         }
     }
 

@@ -144,11 +144,11 @@ impl Resolver {
         self.insert(cgroup_id, path)
     }
 
-    /// A cgroup the kernel reported removed; true when it was known. Its entry stays
-    /// (late events still resolve) until `forget` is called.
+    /// A cgroup the kernel reported removed; true when it was a known container's. Its
+    /// entry stays (late events still resolve) until `forget` is called.
     pub fn removed(&mut self, cgroup_id: u64) -> bool {
         self.present.remove(&cgroup_id);
-        self.by_id.contains_key(&cgroup_id)
+        matches!(self.by_id.get(&cgroup_id), Some(Entry::Container(_)))
     }
 
     /// Records a cgroup directly (tests, benchmarks, and paths learned from /proc).

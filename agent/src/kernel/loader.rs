@@ -131,6 +131,12 @@ impl Probes {
     pub fn remove_container_cgroup(&mut self, cgroup_id: u64) -> Result<(), KernelError> {
         match self.containers.remove(&cgroup_id) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            // Not there (never marked): what removing wanted.
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(nix::libc::ENOENT) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(map_err(CONTAINER_CGROUPS_MAP)(e)),
         }
     }

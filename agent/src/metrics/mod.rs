@@ -15,7 +15,7 @@ mod termination;
 
 pub use kernel::{AttributionMetrics, KernelMetrics};
 pub use kube::KubeMetrics;
-pub use termination::{ContainerEnd, PodEnd, Subject, TerminationMetrics, Workload};
+pub use termination::{ContainerEnd, PodEnd, Subject, TerminationMetrics, Workload, SERIES_TTL_NS};
 
 use std::sync::Arc;
 
@@ -111,6 +111,7 @@ mod tests {
                 sigterm_to_exit_seconds: Some(0.3),
                 prestop_seconds: None,
             },
+            0,
         );
         m.attribution.not_container();
         m.attribution.not_container();

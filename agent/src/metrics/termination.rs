@@ -4,8 +4,11 @@
 //! namespace and workload) and say what happened; the label sets are built here.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Mutex,
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
 };
 
 use prometheus_client::{
@@ -67,6 +70,9 @@ struct NamespaceLabels {
 pub struct Subject {
     labels: ContainerLabels,
     signals: HashMap<(u32, &'static str), Counter>,
+    /// Its labels name one container instance (standalone: the id), not a workload:
+    /// its series are dropped a while after it ended, so churn cannot grow them forever.
+    expires: bool,
 }
 
 impl Subject {
@@ -78,12 +84,16 @@ impl Subject {
                 container: container.to_string(),
             },
             signals: HashMap::new(),
+            expires: false,
         }
     }
 
     /// A container outside Kubernetes, by its short id.
     pub fn standalone(short_id: &str) -> Self {
-        Self::new("", "", short_id)
+        Self {
+            expires: true,
+            ..Self::new("", "", short_id)
+        }
     }
 
     /// The value of the `container` label (a name, or a short id).
@@ -144,6 +154,17 @@ pub struct PodEnd {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// The series of one ended container, and when they go (boot clock).
+struct Expiring {
+    at_ns: u64,
+    labels: ContainerLabels,
+    signals: Vec<(u32, &'static str)>,
+    outcome: &'static str,
+}
+
+/// Default time a standalone container's series are kept after it ended.
+pub const SERIES_TTL_NS: u64 = 120_000_000_000;
+
 /// Share of the grace period used: 0.05 … 1.5 (above 1: the pod outlived its grace).
 fn ratio_histogram() -> Histogram {
     Histogram::new([0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0, 1.1, 1.5])
@@ -164,6 +185,9 @@ pub struct TerminationMetrics {
     stuck_terminating_pods: Family<NamespaceLabels, Gauge>,
     /// Namespaces the pod gauges were last set for (to zero them when they empty).
     gauge_namespaces: Mutex<Vec<String>>,
+    /// Series of ended standalone containers, in the order they go.
+    expiring: Mutex<VecDeque<Expiring>>,
+    series_ttl_ns: AtomicU64,
 }
 
 impl TerminationMetrics {
@@ -182,6 +206,8 @@ impl TerminationMetrics {
             terminating_pods: Family::default(),
             stuck_terminating_pods: Family::default(),
             gauge_namespaces: Mutex::new(Vec::new()),
+            expiring: Mutex::new(VecDeque::new()),
+            series_ttl_ns: AtomicU64::new(SERIES_TTL_NS),
         };
         registry.register(
             "signals",
@@ -249,7 +275,9 @@ impl TerminationMetrics {
     /// A signal was generated for a process of `who`; `result` is what the kernel did
     /// with it (delivered, ignored, ...).
     pub fn signal(&self, who: &mut Subject, sig: u32, result: &'static str) {
-        let Subject { labels, signals } = who;
+        let Subject {
+            labels, signals, ..
+        } = who;
         signals
             .entry((sig, result))
             .or_insert_with(|| {
@@ -271,8 +299,26 @@ impl TerminationMetrics {
         self.sigterm_ignored.get_or_create(&who.labels).inc();
     }
 
-    pub fn container_ended(&self, who: &Subject, end: &ContainerEnd) {
+    /// How long a standalone container's series stay after it ended.
+    pub fn set_series_ttl_ns(&self, ttl_ns: u64) {
+        self.series_ttl_ns.store(ttl_ns, Ordering::Relaxed);
+    }
+
+    /// `who` ended at `now_ns` (boot clock).
+    pub fn container_ended(&self, who: &Subject, end: &ContainerEnd, now_ns: u64) {
         let l = &who.labels;
+        if who.expires {
+            let mut q = self
+                .expiring
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            q.push_back(Expiring {
+                at_ns: now_ns.saturating_add(self.series_ttl_ns.load(Ordering::Relaxed)),
+                labels: l.clone(),
+                signals: who.signals.keys().copied().collect(),
+                outcome: end.outcome,
+            });
+        }
         self.container_terminations
             .get_or_create(&OutcomeLabels {
                 namespace: l.namespace.clone(),
@@ -312,6 +358,41 @@ impl TerminationMetrics {
         if end.sigterm_before_endpoint_removal {
             self.sigterm_before_endpoint_removal.get_or_create(w).inc();
         }
+    }
+
+    /// Drops the series of standalone containers that ended a TTL before `now_ns`; returns
+    /// how many containers' series went.
+    pub fn expire(&self, now_ns: u64) -> usize {
+        let mut q = self
+            .expiring
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut dropped = 0;
+        while q.front().is_some_and(|e| e.at_ns <= now_ns) {
+            let Some(e) = q.pop_front() else { break };
+            let l = &e.labels;
+            for (sig, result) in e.signals {
+                self.signals.remove(&SignalLabels {
+                    namespace: l.namespace.clone(),
+                    workload: l.workload.clone(),
+                    container: l.container.clone(),
+                    signal: signal_name(sig),
+                    result,
+                });
+            }
+            self.container_terminations.remove(&OutcomeLabels {
+                namespace: l.namespace.clone(),
+                workload: l.workload.clone(),
+                container: l.container.clone(),
+                outcome: e.outcome,
+            });
+            self.forced_kills.remove(l);
+            self.sigterm_ignored.remove(l);
+            self.sigterm_to_exit.remove(l);
+            self.prestop_duration.remove(l);
+            dropped += 1;
+        }
+        dropped
     }
 
     /// Terminating and stuck pods per namespace, as of now. Namespaces that had pods at
@@ -364,6 +445,64 @@ mod tests {
             })
             .get();
         assert_eq!(got, 3);
+    }
+
+    #[test]
+    fn churning_a_thousand_standalone_containers_keeps_series_bounded() {
+        const S: u64 = 1_000_000_000;
+        let mut registry = Registry::default();
+        let m = TerminationMetrics::register(&mut registry);
+        m.set_series_ttl_ns(2 * S);
+        let series = |registry: &Registry| {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+            text.lines().filter(|l| !l.starts_with('#')).count()
+        };
+        // 1,000 containers, 100 a second: each gets SIGTERM, ignores it, is SIGKILLed.
+        let mut most = 0;
+        for i in 0..1000u64 {
+            let now = i * S / 100;
+            let mut who = Subject::standalone(&format!("{i:012x}"));
+            m.signal(&mut who, 15, "ignored");
+            m.signal(&mut who, 9, "delivered");
+            m.sigterm_ignored(&who);
+            m.container_ended(
+                &who,
+                &ContainerEnd {
+                    outcome: "forced_kill",
+                    forced: true,
+                    sigterm_to_exit_seconds: Some(2.0),
+                    prestop_seconds: None,
+                },
+                now,
+            );
+            m.expire(now);
+            if i % 50 == 49 {
+                most = most.max(series(&registry));
+            }
+        }
+        // Per container: 2 signal series, 1 outcome, 1 forced kill, 1 ignored, and the
+        // histogram's 21 buckets + +Inf + sum + count: 29. Alive: TTL × rate = 200 (+1).
+        assert!(
+            (200 * 29..=201 * 29).contains(&most),
+            "the TTL keeps the last 2 s of containers, no more: {most} series"
+        );
+        m.expire(1000 * S);
+        assert_eq!(series(&registry), 0, "every ended container's series went");
+        // Kubernetes label sets name workloads, not instances: they stay.
+        let who = Subject::new("shop", "deployment/web", "app");
+        m.container_ended(
+            &who,
+            &ContainerEnd {
+                outcome: "graceful",
+                forced: false,
+                sigterm_to_exit_seconds: None,
+                prestop_seconds: None,
+            },
+            0,
+        );
+        m.expire(u64::MAX);
+        assert_eq!(series(&registry), 1);
     }
 
     #[test]

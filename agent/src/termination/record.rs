@@ -198,6 +198,7 @@ impl Records {
         pod: Option<&ApiPodState>,
         metrics: &TerminationMetrics,
         clock: &Clock,
+        now_ns: u64,
     ) {
         c.facts.partial |= pod.is_some_and(|p| p.deleted_before_agent);
         let key = join::record_key(&c.container).to_string();
@@ -224,6 +225,7 @@ impl Records {
                 sigterm_to_exit_seconds: c.facts.sigterm_to_exit_ns().map(secs),
                 prestop_seconds: prestop.map(secs),
             },
+            now_ns,
         );
         let rec = self.open.entry(key).or_default();
         rec.uid = c.container.cgroup.pod_uid.clone();

@@ -254,7 +254,7 @@ impl Tracker {
             c.check_started_before(self.started_ns, self.opts.max_grace_ns, &self.clock);
             let key = join::record_key(&c.container).to_string();
             self.records
-                .finalize(c, self.view.get(&key), &self.metrics, &self.clock);
+                .finalize(c, self.view.get(&key), &self.metrics, &self.clock, now_ns);
             self.try_complete(&key, now_ns);
             self.dirty = true;
         }
@@ -266,6 +266,7 @@ impl Tracker {
         // A stuck pod's view changes as time passes.
         self.dirty |= pods.values().any(|(_, stuck)| *stuck > 0);
         self.metrics.terminating_pods(&pods);
+        self.metrics.expire(now_ns);
         self.dirty
     }
 
