@@ -1,6 +1,6 @@
 //! End-to-end, as root: the real `gracewatch run` in Kubernetes mode, talking through
-//! the real kube client to the fake API server, while the kubelet emulator runs pods as
-//! real runc containers and deletes them the way kubelet does. Each test asserts what a
+//! the real kube client to the fake API server, while the kubelet emulator runs pods on a
+//! private containerd through its CRI API and deletes them the way kubelet does. Each test asserts what a
 //! user reads: `/debug/terminations/<ns>/<pod>`, `gracewatch explain`, `/metrics`.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -9,7 +9,6 @@ use gracewatch_tests::{
     agent::{codes, whats, Agent, Metrics},
     apiserver::{ApiServer, Resource, Verb},
     kubelet::{ContainerDef, DeleteOptions, DeleteReport, Hook, Node, PodDef},
-    runc::sweep_stale,
 };
 use serde_json::Value;
 
@@ -30,12 +29,12 @@ impl Cluster {
             nix::unistd::geteuid().is_root(),
             "run as root (cargo xtask test)"
         );
-        sweep_stale().expect("sweep leftovers of an earlier run");
         let api = Arc::new(ApiServer::start().expect("api server"));
         let kubeconfig =
             std::env::temp_dir().join(format!("gracewatch-kubeconfig-{}", api.addr().port()));
         api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-        let node = Node::new(api.clone(), NODE);
+        // Sweeps what crashed runs left, then starts the node's containerd.
+        let node = Node::new(api.clone(), NODE).expect("node with containerd");
         Cluster {
             api,
             node,
@@ -63,8 +62,33 @@ fn web(name: &str, script: &str) -> PodDef {
     def
 }
 
+/// The container name the agent gives a pod's sandbox (kubelet's own name for it).
+const SANDBOX: &str = "POD";
+
+/// Timeline entries of one kind about the pod's containers. The sandbox's own (its
+/// SIGKILL and exit at StopPodSandbox, after the containers) are not counted here.
 fn count(t: &Value, what: &str) -> usize {
-    whats(t).iter().filter(|w| *w == what).count()
+    t["timeline"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .filter(|e| e["what"] == what && e["container"] != SANDBOX)
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The `what` of each of the sandbox's timeline entries, in order.
+fn sandbox_whats(t: &Value) -> Vec<String> {
+    t["timeline"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .filter(|e| e["container"] == SANDBOX)
+                .filter_map(|e| e["what"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Wall-clock time (Unix seconds) of the first timeline entry of a kind.
@@ -98,28 +122,31 @@ fn secs(d: Duration) -> f64 {
 }
 
 fn near(agent: f64, emulator: f64, what: &str) {
+    eprintln!("{what}: agent {agent:.4}s, emulator {emulator:.4}s");
     assert!(
         (agent - emulator).abs() <= TOLERANCE,
         "{what}: agent {agent:.4}s vs emulator {emulator:.4}s"
     );
 }
 
+/// SIGTERM → the exit SIGKILL caused, as the emulator saw it: StopContainer sent → PID 1
+/// gone (the runtime's few ms before SIGTERM included).
 fn sigterm_to_kill(r: &DeleteReport, c: &str) -> f64 {
     let s = &r.container(c).expect("container report").stop;
-    let kill = s.kill.as_ref().expect("SIGKILL sent");
-    (kill.before.boottime_ns - s.term.after.boottime_ns) as f64 / 1e9
+    assert!(s.kill_needed(), "SIGKILL needed: {s:?}");
+    secs(s.sigterm_to_exit())
 }
 
 fn since(r: &DeleteReport, stamp_ns: u64) -> f64 {
     (stamp_ns - r.requested.boottime_ns) as f64 / 1e9
 }
 
+/// When the emulator sent StopContainer (the runtime sends SIGTERM right after).
 fn exec_sigterm(r: &DeleteReport, c: &str) -> u64 {
     r.container(c)
         .expect("container report")
         .stop
-        .term
-        .before
+        .called
         .boottime_ns
 }
 
@@ -183,6 +210,21 @@ fn graceful_pod_with_prestop_covering_the_endpoint_lag() {
         "{order:?}"
     );
     assert!(pos("container_exit") < pos("pod_removed"), "{order:?}");
+    // StopPodSandbox, once the app has stopped: the runtime SIGKILLs the pause process.
+    let sandbox = sandbox_whats(&t);
+    assert!(
+        sandbox.contains(&"sigkill".to_string()) && sandbox.contains(&"container_exit".to_string()),
+        "the sandbox's end is in the timeline: {t:#}"
+    );
+    let sandbox_kill = t["timeline"]
+        .as_array()
+        .and_then(|es| {
+            es.iter()
+                .position(|e| e["container"] == SANDBOX && e["what"] == "sigkill")
+        })
+        .expect("sandbox sigkill");
+    assert!(pos("terminated_status") < sandbox_kill, "{order:?}");
+    assert!(sandbox_kill < pos("pod_removed"), "{order:?}");
 
     let m = agent.metrics().expect("metrics");
     let wl = "namespace=\"shop\",workload=\"deployment/web\"";
