@@ -20,7 +20,7 @@ use crate::runc::{cgroup_mounts, cgroups, cmd, state};
 /// Where containerd 1.6 shims put their sockets, whatever the daemon's state directory.
 const SHIM_SOCKETS: &str = "/run/containerd/s";
 
-/// Removes everything in `problems`' way, in order; collects what could not be removed.
+/// Removes all of it, in this order; returns what could not be removed.
 pub(super) fn remove_all(layout: &Layout) -> Vec<String> {
     let mut problems = Vec::new();
     let mut note = |r: Result<()>| {

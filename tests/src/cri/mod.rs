@@ -39,9 +39,10 @@ use nix::unistd::Pid;
 
 pub use client::{Cri, Status};
 
-use crate::runc::{cgroups, state, STATE_DIR};
+use crate::runc::{cgroups, state};
 
-/// Where run directories live.
+/// Where run directories live (under the runc harness's `STATE_DIR`, whose lock file
+/// guards the cgroup directories both harnesses create).
 pub const RUNS_DIR: &str = "/run/gracewatch-test/containerd";
 /// The image every pod container runs (busybox; `sh -c <script>`).
 pub const APP_IMAGE: &str = "localhost/gracewatch/busybox:test";
@@ -328,7 +329,6 @@ pub fn sweep_stale() -> Result<()> {
     let _one_at_a_time = state::lock(&SWEEPING);
     state::ensure_dirs()?;
     fs::create_dir_all(RUNS_DIR).with_context(|| format!("creating {RUNS_DIR}"))?;
-    debug_assert!(RUNS_DIR.starts_with(STATE_DIR));
     let mut problems = Vec::new();
     for dir in other_runs(Path::new("")) {
         if state::owner_alive(&dir) {
@@ -355,10 +355,12 @@ fn kill_stale_daemon(layout: &Layout) {
     else {
         return;
     };
+    // The pid may have been reused since: only a process started with this run's config.
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let config = layout.config();
-    let ours = leftovers::processes()
-        .into_iter()
-        .any(|(p, args)| p.as_raw() == pid && args.iter().any(|a| Path::new(a) == config));
+    let ours = cmdline
+        .split(|&b| b == 0)
+        .any(|arg| Path::new(&*String::from_utf8_lossy(arg)) == config);
     if ours {
         let pid = Pid::from_raw(pid);
         let _ = kill(pid, Signal::SIGKILL);

@@ -102,22 +102,17 @@ impl Node {
         // kubelet: grace - int64(time.Since(start).Seconds()), then the minimum.
         let spent = i64::try_from(started.elapsed().as_secs()).unwrap_or(i64::MAX);
         let left = grace.saturating_sub(spent).max(MIN_GRACE_SECONDS);
-        let stop = self.stop_container(c, left)?;
+        let (stop, finished_ns) = self.stop_container(c, left)?;
         let ns = pod.def.namespace.as_str();
         // A force-deleted pod is already gone from the API: nothing to report to.
         if self.api.get(Resource::Pods, ns, &pod.def.name).is_some() {
-            let finished = cri
-                .container_status(c.id())?
-                .status
-                .finished_at
-                .unsigned_abs();
             self.api.modify(Resource::Pods, ns, &pod.def.name, |p| {
                 if let Some(statuses) = p["status"]["containerStatuses"].as_array_mut() {
                     for st in statuses.iter_mut().filter(|st| st["name"] == def.name.as_str()) {
                         st["ready"] = json!(false);
                         st["state"] = json!({"terminated": {"exitCode": stop.exit_code, "reason": stop.reason,
                             "containerID": format!("containerd://{}", c.id()),
-                            "finishedAt": objects::rfc3339(finished, true)}});
+                            "finishedAt": objects::rfc3339(finished_ns, true)}});
                     }
                 }
             })?;
@@ -130,8 +125,9 @@ impl Node {
         })
     }
 
-    /// `StopContainer(id, grace)` while watching PID 1, then `ContainerStatus`.
-    fn stop_container(&self, c: &PodContainer, grace: i64) -> Result<StopReport> {
+    /// `StopContainer(id, grace)` while watching PID 1, then `ContainerStatus`; also
+    /// returns the runtime's `finishedAt` (its clock, ns since the epoch).
+    fn stop_container(&self, c: &PodContainer, grace: i64) -> Result<(StopReport, u64)> {
         let cri = self.runtime.cri()?;
         let grace_d = Duration::from_secs(grace.unsigned_abs());
         let called = Stamp::now();
@@ -162,14 +158,15 @@ impl Node {
             Ok((exited, Stamp::now()))
         })?;
         let status = cri.container_status(c.id())?.status;
-        Ok(StopReport {
+        let report = StopReport {
             grace: grace_d,
             called,
             exited,
             returned,
             exit_code: status.exit_code,
             reason: status.reason,
-        })
+        };
+        Ok((report, status.finished_at.unsigned_abs()))
     }
 }
 

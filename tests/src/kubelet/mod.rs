@@ -9,6 +9,7 @@
 //!
 //! Every time in a [`DeleteReport`] is the emulator's own clock, read around each step.
 
+mod endpoints;
 mod kill;
 mod objects;
 
@@ -358,50 +359,6 @@ impl Node {
             Some(grace_seconds),
         )?;
         Ok(requested)
-    }
-
-    /// Marks the endpoint terminating after `lag`, removes it once the pod is gone.
-    fn endpoint_controller(
-        &self,
-        pod: &RunningPod,
-        lag: Duration,
-        removed: mpsc::Receiver<()>,
-    ) -> anyhow::Result<Option<Stamp>> {
-        let Some(service) = &pod.def.service else {
-            return Ok(None);
-        };
-        let slice = objects::slice_name(&pod.def, service);
-        let ns = pod.def.namespace.as_str();
-        let deadline = Instant::now() + lag;
-        let mut marked = None;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if marked.is_none() && left.is_zero() {
-                self.api.modify(Resource::EndpointSlices, ns, &slice, |s| {
-                    s["endpoints"][0]["conditions"] =
-                        json!({"ready": false, "serving": false, "terminating": true});
-                })?;
-                marked = Some(Stamp::now());
-            }
-            let wait = if marked.is_none() {
-                left
-            } else {
-                Duration::from_secs(60)
-            };
-            match removed.recv_timeout(wait) {
-                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    if marked.is_none() {
-                        // The pod went before the lag ran out: the controller still
-                        // marks it terminating first, then drops it.
-                        sleep(deadline.saturating_duration_since(Instant::now()));
-                        continue;
-                    }
-                    self.api.delete(Resource::EndpointSlices, ns, &slice)?;
-                    return Ok(marked);
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-            }
-        }
     }
 
     /// kubelet's pod cleanup once its containers have stopped: StopPodSandbox (the
