@@ -14,7 +14,8 @@ use serde_json::Value;
 
 const NODE: &str = "node-a";
 const WAIT: Duration = Duration::from_secs(30);
-/// The agent's times must match the emulator's own clock this closely.
+/// The agent's times must match the emulator's own clock (or the window it bounds a
+/// runtime signal to) this closely.
 const TOLERANCE: f64 = 0.05;
 
 struct Cluster {
@@ -129,25 +130,39 @@ fn near(agent: f64, emulator: f64, what: &str) {
     );
 }
 
-/// SIGTERM → the exit SIGKILL caused, as the emulator saw it: StopContainer sent → PID 1
-/// gone (the runtime's few ms before SIGTERM included).
-fn sigterm_to_kill(r: &DeleteReport, c: &str) -> f64 {
+/// The runtime, not the emulator, sends the signals: the emulator knows them only within
+/// a window (see `StopReport`), which the agent's figure must fall in, give or take the
+/// tolerance. On an idle machine the window is 10-40 ms wide.
+fn within(agent: f64, (least, most): (f64, f64), what: &str) {
+    eprintln!("{what}: agent {agent:.4}s, emulator between {least:.4}s and {most:.4}s");
+    assert!(
+        agent >= least - TOLERANCE && agent <= most + TOLERANCE,
+        "{what}: agent {agent:.4}s, emulator between {least:.4}s and {most:.4}s"
+    );
+}
+
+/// SIGTERM → the exit SIGKILL caused, as the emulator bounds it: at least the grace
+/// passed to StopContainer, at most StopContainer sent → PID 1 gone.
+fn sigterm_to_kill(r: &DeleteReport, c: &str) -> (f64, f64) {
     let s = &r.container(c).expect("container report").stop;
     assert!(s.kill_needed(), "SIGKILL needed: {s:?}");
-    secs(s.sigterm_to_exit())
+    let (least, most) = s.sigterm_to_exit();
+    (secs(least), secs(most))
 }
 
 fn since(r: &DeleteReport, stamp_ns: u64) -> f64 {
     (stamp_ns - r.requested.boottime_ns) as f64 / 1e9
 }
 
-/// When the emulator sent StopContainer (the runtime sends SIGTERM right after).
-fn exec_sigterm(r: &DeleteReport, c: &str) -> u64 {
-    r.container(c)
+/// Deletion → SIGTERM, as the emulator bounds it (SIGTERM went out after StopContainer
+/// was sent, before PID 1 was gone).
+fn deletion_to_sigterm(r: &DeleteReport, c: &str) -> (f64, f64) {
+    let (first, last) = r
+        .container(c)
         .expect("container report")
         .stop
-        .called
-        .boottime_ns
+        .sigterm_sent();
+    (since(r, first), since(r, last))
 }
 
 #[test]
@@ -250,9 +265,9 @@ fn graceful_pod_with_prestop_covering_the_endpoint_lag() {
         &format!("{wl},container=\"app\""),
     )
     .expect("prestop");
-    near(
+    within(
         prestop,
-        since(&report, exec_sigterm(&report, "app")),
+        deletion_to_sigterm(&report, "app"),
         "preStop duration",
     );
     let ratio = observed(&m, "gracewatch_grace_period_used_ratio", wl).expect("ratio");
@@ -310,7 +325,7 @@ fn shell_entrypoint_that_keeps_sigterm_from_the_app() {
     let measured = container(&t, "app")["sigterm_to_exit_seconds"]
         .as_f64()
         .expect("measured");
-    near(
+    within(
         measured,
         sigterm_to_kill(&report, "app"),
         "SIGTERM → SIGKILL",
@@ -352,7 +367,7 @@ fn app_that_ignores_sigterm_is_killed_at_the_end_of_grace() {
             .ends_with("to sh (PID 1): ignored"),
         "{detail}"
     );
-    near(
+    within(
         container(&t, "app")["sigterm_to_exit_seconds"]
             .as_f64()
             .expect("measured"),
@@ -403,9 +418,9 @@ fn prestop_sleep_longer_than_the_grace_period() {
         "namespace=\"shop\",workload=\"deployment/web\",container=\"app\"",
     )
     .expect("prestop");
-    near(
+    within(
         prestop,
-        since(&report, exec_sigterm(&report, "app")),
+        deletion_to_sigterm(&report, "app"),
         "preStop duration",
     );
 }
@@ -502,14 +517,17 @@ fn force_delete_with_zero_grace() {
     );
     assert_eq!(container(&t, "app")["outcome"], "forced_kill", "{t:#}");
     // kubelet's 2 s minimum between SIGTERM and SIGKILL.
-    near(
+    within(
         container(&t, "app")["sigterm_to_exit_seconds"]
             .as_f64()
             .expect("measured"),
         sigterm_to_kill(&report, "app"),
         "SIGTERM → SIGKILL",
     );
-    assert!(sigterm_to_kill(&report, "app") >= 1.95);
+    assert!(
+        sigterm_to_kill(&report, "app").0 >= 2.0,
+        "StopContainer(grace ≥ 2)"
+    );
 }
 
 #[test]

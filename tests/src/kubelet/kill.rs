@@ -42,12 +42,39 @@ pub struct StopReport {
 impl StopReport {
     /// PID 1 outlived the grace period: the runtime SIGKILLed it (exit code 137).
     pub fn kill_needed(&self) -> bool {
-        self.exit_code == 128 + 9 && self.sigterm_to_exit() >= self.grace
+        self.exit_code == 128 + 9 && self.called_to_exited() >= self.grace
     }
 
-    /// `StopContainer` sent → PID 1 gone: SIGTERM → exit, plus the runtime's delay in
-    /// sending SIGTERM (a few ms) and the emulator's in noticing the exit (≤ 2 ms).
-    pub fn sigterm_to_exit(&self) -> Duration {
+    /// When the runtime sent SIGTERM, as far as the emulator can tell (boot-clock ns):
+    /// after `StopContainer` was sent, before PID 1 was gone, and for a SIGKILLed PID 1
+    /// at least the grace before its exit (containerd waits the whole grace after its
+    /// SIGTERM has gone out). On an idle machine the window is 10-40 ms wide: the
+    /// runtime's delay in sending SIGTERM (a fresh `runc kill`), and in sending SIGKILL.
+    pub fn sigterm_sent(&self) -> (u64, u64) {
+        let grace = if self.kill_needed() {
+            self.grace
+        } else {
+            Duration::ZERO
+        };
+        let latest = self
+            .exited
+            .boottime_ns
+            .saturating_sub(u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX));
+        (self.called.boottime_ns, latest.max(self.called.boottime_ns))
+    }
+
+    /// Bounds on SIGTERM → PID 1's exit: at least the grace for a SIGKILLed PID 1, at
+    /// most `StopContainer` sent → PID 1 gone.
+    pub fn sigterm_to_exit(&self) -> (Duration, Duration) {
+        let least = if self.kill_needed() {
+            self.grace
+        } else {
+            Duration::ZERO
+        };
+        (least, self.called_to_exited())
+    }
+
+    fn called_to_exited(&self) -> Duration {
         Duration::from_nanos(
             self.exited
                 .boottime_ns
