@@ -28,6 +28,9 @@
 //! The owner's pid and start time in directory names let [`sweep_stale`] tell the
 //! leftovers of a crashed run from the containers of a run still in progress.
 //!
+//! The CRI harness (`crate::cri`) puts its pod cgroups under the same markers and lock,
+//! through `cgroups`, so neither removes a parent directory the other is about to use.
+//!
 //! The private modules at the end each own one concern: `oci` (config.json), `rootfs`,
 //! `cmd` (running runc), `cgroups` and `state` (directories and ownership).
 
@@ -702,7 +705,7 @@ mod oci {
     }
 }
 
-mod rootfs {
+pub(crate) mod rootfs {
     //! The busybox rootfs: built once and shared read-only by all live containers of this
     //! process; removed when the last of them is dropped.
 
@@ -786,7 +789,7 @@ mod rootfs {
 
     /// A dynamically linked busybox would fail in the empty rootfs with a baffling
     /// ENOENT; look for a PT_INTERP program header to say so up front.
-    fn ensure_static(path: &Path) -> Result<()> {
+    pub(crate) fn ensure_static(path: &Path) -> Result<()> {
         let elf = fs::read(path).with_context(|| {
             format!(
                 "reading {} (apt-get install busybox-static)",
@@ -818,7 +821,7 @@ mod rootfs {
     }
 }
 
-mod cmd {
+pub(crate) mod cmd {
     //! Running runc (and busybox) to completion with a time limit and captured output.
 
     use std::fs::File;
@@ -887,7 +890,7 @@ mod cmd {
         )
     }
 
-    pub(super) fn run_checked(cmd: &mut Command) -> Result<Output> {
+    pub(crate) fn run_checked(cmd: &mut Command) -> Result<Output> {
         let output = run_captured(cmd)?;
         if !output.status.success() {
             bail!(
@@ -902,7 +905,7 @@ mod cmd {
 
     /// Runs to completion with stdout and stderr captured in memfds: unlike pipes, a
     /// process that keeps them open (a container, a daemon) cannot make the harness hang.
-    pub(super) fn run_captured(cmd: &mut Command) -> Result<Output> {
+    pub(crate) fn run_captured(cmd: &mut Command) -> Result<Output> {
         let out = File::from(memfd_create("stdout", MFdFlags::MFD_CLOEXEC)?);
         let err = File::from(memfd_create("stderr", MFdFlags::MFD_CLOEXEC)?);
         cmd.stdin(Stdio::null())
@@ -941,7 +944,7 @@ mod cmd {
     }
 }
 
-mod cgroups {
+pub(crate) mod cgroups {
     //! The container cgroups in every hierarchy, and the parents the harness created
     //! above them (marked in `owned-cgroups/`, removed only when empty).
 
@@ -982,7 +985,7 @@ mod cgroups {
     }
 
     /// mountinfo writes space, tab, newline and backslash as `\ooo`.
-    fn unescape(field: &str) -> OsString {
+    pub(crate) fn unescape(field: &str) -> OsString {
         let bytes = field.as_bytes();
         let mut out = Vec::with_capacity(bytes.len());
         let mut i = 0;
@@ -1006,12 +1009,12 @@ mod cgroups {
 
     /// Held shared while creating containers and exclusive while removing parent
     /// cgroups, so no parent goes between a start's check of it and runc's use of it.
-    pub(super) struct CgroupLock {
+    pub(crate) struct CgroupLock {
         _flock: Flock<File>,
     }
 
     impl CgroupLock {
-        pub(super) fn shared() -> Result<CgroupLock> {
+        pub(crate) fn shared() -> Result<CgroupLock> {
             CgroupLock::take(FlockArg::LockShared)
         }
 
@@ -1037,7 +1040,7 @@ mod cgroups {
 
     /// Marks every parent of `cgroups_path` that does not exist yet in some hierarchy:
     /// runc is about to create it, so it is the harness's to remove later.
-    pub(super) fn mark_new_ancestors(cgroups_path: &str) -> Result<()> {
+    pub(crate) fn mark_new_ancestors(cgroups_path: &str) -> Result<()> {
         let parts: Vec<&str> = cgroups_path.trim_matches('/').split('/').collect();
         for mount in cgroup_mounts()? {
             for depth in 1..parts.len() {
@@ -1054,7 +1057,7 @@ mod cgroups {
     }
 
     /// Removes a container's own cgroup (if given) and every empty marked parent.
-    pub(super) fn release(leaf: Option<&str>) -> Result<()> {
+    pub(crate) fn release(leaf: Option<&str>) -> Result<()> {
         let _exclusive = CgroupLock::exclusive()?;
         if let Some(leaf) = leaf {
             remove_leaf(leaf)?;
@@ -1064,7 +1067,7 @@ mod cgroups {
 
     /// Removes a container's cgroup from every hierarchy (runc delete does that too,
     /// unless it failed or never ran).
-    pub(super) fn remove_leaf(cgroups_path: &str) -> Result<()> {
+    pub(crate) fn remove_leaf(cgroups_path: &str) -> Result<()> {
         let rel = cgroups_path.trim_start_matches('/');
         for mount in cgroup_mounts()? {
             rmdir_patiently(&mount.join(rel))?;
@@ -1132,7 +1135,7 @@ mod cgroups {
     }
 }
 
-mod state {
+pub(crate) mod state {
     //! The harness's directories under `STATE_DIR`, which process owns what in them,
     //! and small helpers.
 
@@ -1157,7 +1160,7 @@ mod state {
         Path::new(STATE_DIR).join(sub)
     }
 
-    pub(super) fn ensure_dirs() -> Result<()> {
+    pub(crate) fn ensure_dirs() -> Result<()> {
         for sub in [BUNDLES, ROOTFS, OWNED_CGROUPS, "runc"] {
             let dir = state_dir(sub);
             fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -1179,13 +1182,13 @@ mod state {
     }
 
     /// `<pid>-<start time>` of this process: unique even if the pid is later reused.
-    pub(super) fn owner_tag() -> Result<String> {
+    pub(crate) fn owner_tag() -> Result<String> {
         let pid = std::process::id();
         let start = start_time(pid).context("reading this process's start time")?;
         Ok(format!("{pid}-{start}"))
     }
 
-    fn start_time(pid: u32) -> Option<u64> {
+    pub(crate) fn start_time(pid: u32) -> Option<u64> {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // Field 22; the comm before it may hold spaces, so count from the last ')'.
         stat.rsplit_once(')')?
@@ -1197,7 +1200,7 @@ mod state {
     }
 
     /// Whether the process named by a `<pid>-<start>-…` harness directory still runs.
-    pub(super) fn owner_alive(dir: &Path) -> bool {
+    pub(crate) fn owner_alive(dir: &Path) -> bool {
         let name = dir.file_name().unwrap_or_default().to_string_lossy();
         let mut parts = name.splitn(3, '-');
         let (Some(pid), Some(start)) = (parts.next(), parts.next()) else {
@@ -1212,7 +1215,7 @@ mod state {
     /// Waits up to 2 s for a killed process to go away. If it was re-parented to this
     /// process (its crashed owner was our child), reaps it: `runc delete` waits for the
     /// pid to vanish, and a zombie of ours never would.
-    pub(super) fn wait_gone(pid: Pid) {
+    pub(crate) fn wait_gone(pid: Pid) {
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
@@ -1225,7 +1228,7 @@ mod state {
         }
     }
 
-    pub(super) fn remove_dir_all_if_exists(dir: &Path) -> Result<()> {
+    pub(crate) fn remove_dir_all_if_exists(dir: &Path) -> Result<()> {
         match fs::remove_dir_all(dir) {
             Err(err) if err.kind() != ErrorKind::NotFound => {
                 Err(err).with_context(|| format!("removing {}", dir.display()))
@@ -1234,13 +1237,13 @@ mod state {
         }
     }
 
-    pub(super) fn read_lossy(path: &Path) -> String {
+    pub(crate) fn read_lossy(path: &Path) -> String {
         let bytes = fs::read(path).unwrap_or_default();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// A poisoned lock only means a test panicked while holding it; the data is fine.
-    pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         mutex
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -1254,7 +1257,7 @@ mod state {
         Ok(bytes)
     }
 
-    pub(super) fn hex(bytes: &[u8]) -> String {
+    pub(crate) fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 

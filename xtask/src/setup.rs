@@ -32,6 +32,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // Real OCI containers without a Docker engine (see DOMAIN.md).
     "runc",
     "busybox-static",
+    // The Kubernetes suite's node runtime: containerd's CRI, and protoc for its client.
+    "containerd",
+    "protobuf-compiler",
     // Demo and benchmarks: a scraper, a server to drain, load and timing tools.
     "prometheus",
     "nginx",

@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: Gracewatch on this host, watching real runc containers end in the
 //! ways the seeds describe, then `gracewatch explain` for each and the key metrics:
 //! first standalone (cgroups alone), then in Kubernetes mode against the node simulator
-//! (fake API server + kubelet emulator running pods as runc containers).
+//! (fake API server + kubelet emulator running pods on a private containerd through CRI).
 //! Everything it starts is removed when it ends, also on failure.
 
 use std::time::Duration;
@@ -107,7 +107,7 @@ fn kubernetes() -> anyhow::Result<()> {
     let kubeconfig =
         std::env::temp_dir().join(format!("gracewatch-demo-kubeconfig-{}", std::process::id()));
     api.write_kubeconfig(&kubeconfig)?;
-    let node = Node::new(api.clone(), "node-a");
+    let node = Node::new(api.clone(), "node-a").context("starting containerd for the node")?;
     let agent = Agent::start_kubernetes(&kubeconfig, "node-a", &[]);
     let _ = std::fs::remove_file(&kubeconfig);
     let agent = agent.context("starting the agent in Kubernetes mode")?;
@@ -168,7 +168,7 @@ fn kubernetes() -> anyhow::Result<()> {
         let (ns, name) = (s.pod.namespace.clone(), s.pod.name.clone());
         let running = node.run_pod(s.pod)?;
         std::thread::sleep(Duration::from_millis(500));
-        println!("   $ kubectl delete pod -n {ns} {name}   (emulated: kubelet's kill sequence on real runc containers)");
+        println!("   $ kubectl delete pod -n {ns} {name}   (emulated: kubelet's kill sequence through containerd's CRI)");
         node.delete_pod(&running, &s.delete)?;
         agent.wait_pod_completed(&ns, &name, Duration::from_secs(30))?;
         println!("   $ gracewatch explain {ns}/{name}");
