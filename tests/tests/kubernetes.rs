@@ -426,6 +426,58 @@ fn prestop_sleep_longer_than_the_grace_period() {
 }
 
 #[test]
+fn exec_prestop_cut_at_the_grace_is_found_and_its_leftovers_blame_nobody() {
+    // kubelet runs the hook through the runtime's exec with the grace as timeout, kills
+    // it at 2 s, then gives the app its 2 s minimum; the app traps SIGTERM and exits 0.
+    // The hook's own `sleep` is still there when PID 1 exits: not PID 1's child.
+    let k = Cluster::new();
+    let agent = k.agent();
+    let mut def = web(
+        "exechook-1",
+        "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+    );
+    def.service = None;
+    def.grace_seconds = 2;
+    def.containers[0].prestop = Some(Hook::Exec(vec!["sh".into(), "-c".into(), "sleep 3".into()]));
+    let pod = k.node.run_pod(def).expect("pod");
+    std::thread::sleep(Duration::from_millis(500));
+    k.node
+        .delete_pod(&pod, &DeleteOptions::default())
+        .expect("delete");
+    let t = agent
+        .wait_pod_completed("shop", "exechook-1", WAIT)
+        .expect("termination");
+    assert_eq!(container(&t, "app")["outcome"], "graceful", "{t:#}");
+    let codes = codes(&t);
+    assert!(
+        codes.contains(&"PRESTOP_EXCEEDED_GRACE".to_string()),
+        "the hook used the whole grace: {t:#}"
+    );
+    assert!(
+        !codes.contains(&"SHELL_DID_NOT_FORWARD_SIGTERM".to_string()),
+        "the hook's sleep is not PID 1's child: {t:#}"
+    );
+    assert!(
+        count(&t, "exec_session_started") >= 1,
+        "the hook entered from outside: {:?}",
+        whats(&t)
+    );
+    let started = t["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .find(|e| e["what"] == "prestop_started")
+        .expect("prestop_started");
+    assert!(
+        started["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("entered the container (kernel)"),
+        "the hook's start comes from the kernel: {started}"
+    );
+}
+
+#[test]
 fn endpoint_removed_three_seconds_after_sigterm() {
     let k = Cluster::new();
     let agent = k.agent();
