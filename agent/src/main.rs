@@ -15,6 +15,6 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => gracewatch::run::run(args).await,
-        Command::Explain(args) => gracewatch::explain::explain(args).await,
+        Command::Explain(args) => Ok(gracewatch::explain::explain(args).await?),
     }
 }
