@@ -132,6 +132,7 @@ where
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        // hyper panics below its 8 KiB minimum.
         .max_buf_size(limits.max_head_bytes.max(8192));
     let served = builder.serve_connection(io, svc);
     tokio::select! {
