@@ -33,8 +33,8 @@ pub struct RunArgs {
     /// Address for /metrics, /healthz, /readyz and /debug.
     #[arg(long, default_value = "127.0.0.1:9610")]
     pub listen: SocketAddr,
-    /// Ring buffer size in bytes (a power of two, at least 4096).
-    #[arg(long, default_value_t = agent_ebpf::DEFAULT_RING_BYTES)]
+    /// Ring buffer size in bytes: a power of two from 4096 (4 KiB) to 268435456 (256 MiB).
+    #[arg(long, default_value_t = agent_ebpf::DEFAULT_RING_BYTES, value_parser = ring_buffer_bytes)]
     pub ring_buffer_bytes: u32,
     /// Signals to trace, by name or number (SIGTERM and SIGKILL are always traced).
     #[arg(
@@ -47,11 +47,12 @@ pub struct RunArgs {
     /// Default: the cgroup v2 mount this process sees.
     #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
-    /// Completed terminations kept for /debug/terminations.
-    #[arg(long, default_value_t = 256)]
+    /// Completed terminations kept for /debug/terminations (1 to 100000).
+    #[arg(long, default_value_t = 256, value_parser = history)]
     pub history: usize,
-    /// A pod still present this many seconds past deletion + grace period is stuck.
-    #[arg(long, default_value_t = 30)]
+    /// A pod still present this many seconds past deletion + grace period is stuck (at
+    /// most 86400, one day).
+    #[arg(long, default_value_t = 30, value_parser = stuck_margin_seconds)]
     pub stuck_margin_seconds: u64,
     /// The longest grace a runtime gives a container before SIGKILL, where the agent
     /// cannot read it (standalone mode): a signal other than SIGTERM followed by the end
@@ -84,6 +85,69 @@ pub struct ExplainArgs {
     /// Print the raw JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Seconds to wait for the connection to the agent (1 to 600).
+    #[arg(long, default_value_t = 5, value_parser = timeout_seconds)]
+    pub connect_timeout_seconds: u64,
+    /// Seconds the whole exchange with the agent may take, connection included (1 to 600).
+    #[arg(long, default_value_t = 10, value_parser = timeout_seconds)]
+    pub timeout_seconds: u64,
+}
+
+/// Bounds of `--ring-buffer-bytes`: the kernel wants a power of two of at least a page;
+/// above 256 MiB the ring alone would exceed the DaemonSet's memory limit.
+pub const RING_BYTES_MIN: u32 = 4 << 10;
+pub const RING_BYTES_MAX: u32 = 256 << 20;
+/// Most completed terminations `--history` may keep.
+pub const HISTORY_MAX: usize = 100_000;
+/// Longest `--stuck-margin-seconds`: one day.
+pub const STUCK_MARGIN_MAX_SECONDS: u64 = 86_400;
+/// Longest timeout `gracewatch explain` accepts.
+pub const TIMEOUT_MAX_SECONDS: u64 = 600;
+
+fn integer<T: FromStr>(s: &str) -> Result<T, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number"))
+}
+
+fn ring_buffer_bytes(s: &str) -> Result<u32, String> {
+    let bad = || {
+        format!("must be a power of two from {RING_BYTES_MIN} (4 KiB) to {RING_BYTES_MAX} (256 MiB), e.g. 1048576 (1 MiB)")
+    };
+    let n: u64 = integer(s).map_err(|e| format!("{e}; {}", bad()))?;
+    match u32::try_from(n) {
+        Ok(n) if (RING_BYTES_MIN..=RING_BYTES_MAX).contains(&n) && n.is_power_of_two() => Ok(n),
+        _ => Err(bad()),
+    }
+}
+
+fn history(s: &str) -> Result<usize, String> {
+    let n: usize = integer(s)?;
+    if (1..=HISTORY_MAX).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be from 1 to {HISTORY_MAX} terminations"))
+    }
+}
+
+fn stuck_margin_seconds(s: &str) -> Result<u64, String> {
+    let n: u64 = integer(s)?;
+    if n <= STUCK_MARGIN_MAX_SECONDS {
+        Ok(n)
+    } else {
+        Err(format!(
+            "must be at most {STUCK_MARGIN_MAX_SECONDS} seconds (one day)"
+        ))
+    }
+}
+
+fn timeout_seconds(s: &str) -> Result<u64, String> {
+    let n: u64 = integer(s)?;
+    if (1..=TIMEOUT_MAX_SECONDS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be from 1 to {TIMEOUT_MAX_SECONDS} seconds"))
+    }
 }
 
 /// A signal given by name (TERM, SIGTERM) or number (15).
@@ -137,5 +201,89 @@ mod tests {
         assert!(r.standalone);
         assert_eq!(r.listen.port(), 9610);
         assert_eq!(r.signals.len(), 7);
+        assert_eq!(r.ring_buffer_bytes, 1 << 20);
+        assert_eq!(r.history, 256);
+        assert_eq!(r.stuck_margin_seconds, 30);
+    }
+
+    /// The parse error of `args` after `gracewatch`, or `None` if they parse.
+    fn refused(args: &[&str]) -> Option<String> {
+        let argv = std::iter::once("gracewatch").chain(args.iter().copied());
+        Cli::try_parse_from(argv).err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn ring_buffer_bytes_is_a_power_of_two_from_4_kib_to_256_mib() {
+        for ok in ["4096", "1048576", "268435456"] {
+            assert_eq!(
+                refused(&["run", "--standalone", "--ring-buffer-bytes", ok]),
+                None,
+                "{ok}"
+            );
+        }
+        for bad in [
+            "2048",
+            "536870912",
+            "2147483648",
+            "3000",
+            "0",
+            "-1",
+            "1MiB",
+            "99999999999",
+        ] {
+            let flag = format!("--ring-buffer-bytes={bad}");
+            let e = refused(&["run", "--standalone", &flag])
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.contains("--ring-buffer-bytes"), "{e}");
+            assert!(
+                e.contains("must be a power of two from 4096 (4 KiB) to 268435456 (256 MiB)"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn history_is_from_1_to_100000() {
+        assert_eq!(refused(&["run", "--standalone", "--history", "1"]), None);
+        assert_eq!(
+            refused(&["run", "--standalone", "--history", "100000"]),
+            None
+        );
+        for bad in ["0", "100001", "lots"] {
+            let e = refused(&["run", "--standalone", "--history", bad])
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.contains("--history"), "{e}");
+        }
+        let e = refused(&["run", "--standalone", "--history", "0"]).unwrap_or_default();
+        assert!(e.contains("must be from 1 to 100000 terminations"), "{e}");
+    }
+
+    #[test]
+    fn stuck_margin_is_at_most_a_day() {
+        let flag = "--stuck-margin-seconds";
+        assert_eq!(refused(&["run", "--standalone", flag, "0"]), None);
+        assert_eq!(refused(&["run", "--standalone", flag, "86400"]), None);
+        let e = refused(&["run", "--standalone", flag, "86401"]).unwrap_or_default();
+        assert!(e.contains("must be at most 86400 seconds (one day)"), "{e}");
+        assert!(refused(&["run", "--standalone", flag, "-5"]).is_some());
+    }
+
+    #[test]
+    fn explain_timeouts_are_from_1_to_600_seconds() {
+        let cli = Cli::try_parse_from(["gracewatch", "explain", "shop/web-1"]).expect("parse");
+        let Command::Explain(e) = cli.command else {
+            panic!("not explain")
+        };
+        assert_eq!((e.connect_timeout_seconds, e.timeout_seconds), (5, 10));
+        for flag in ["--timeout-seconds", "--connect-timeout-seconds"] {
+            assert_eq!(refused(&["explain", "a/b", flag, "600"]), None);
+            for bad in ["0", "601", "1.5"] {
+                let e = refused(&["explain", "a/b", flag, bad])
+                    .unwrap_or_else(|| panic!("{flag} {bad} accepted"));
+                assert!(e.contains(flag), "{e}");
+            }
+            let e = refused(&["explain", "a/b", flag, "0"]).unwrap_or_default();
+            assert!(e.contains("must be from 1 to 600 seconds"), "{e}");
+        }
     }
 }

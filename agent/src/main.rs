@@ -11,14 +11,17 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new(format!(
+                "info,{}",
+                gracewatch::kube::watch::LIBRARY_LOG_FILTER
+            ))
+        }))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => gracewatch::run::run(args).await,
-        Command::Explain(args) => gracewatch::explain::explain(args).await,
+        Command::Explain(args) => Ok(gracewatch::explain::explain(args).await?),
     }
 }

@@ -15,13 +15,11 @@ use k8s_openapi::api::{
     core::v1::{Event, Pod},
     discovery::v1::EndpointSlice,
 };
-use kube::{
-    runtime::{watcher, WatchStreamExt},
-    Api, Client,
-};
+use kube::{runtime::watcher, Api, Client};
 use time::OffsetDateTime;
 use tokio::{sync::mpsc, task::JoinHandle};
 
+use super::describe;
 use super::model::{api_pod, to_datetime, ApiPod};
 use crate::{clock::boot_now_ns, metrics::KubeMetrics};
 
@@ -69,6 +67,11 @@ pub enum KubeUpdate {
     },
 }
 
+/// Log filter directives for the Kubernetes libraries: a failing watch is logged once,
+/// by [`Retry`], not again by kube-client's request tracing (an error per failed
+/// request) and kube-runtime's watcher (a warning per 403).
+pub const LIBRARY_LOG_FILTER: &str = "kube_client::client::builder=off,kube_runtime::watcher=error";
+
 /// Starts every watcher; they run until the returned handles are aborted.
 pub fn spawn(
     client: Client,
@@ -77,36 +80,145 @@ pub fn spawn(
     metrics: Arc<KubeMetrics>,
 ) -> Vec<JoinHandle<()>> {
     let known = Arc::new(RwLock::new(HashSet::new()));
+    let watch = Watch {
+        client,
+        tx,
+        metrics,
+        retry: RetryPolicy::default(),
+    };
     vec![
-        tokio::spawn(pods(
-            client.clone(),
-            node.clone(),
-            tx.clone(),
-            metrics.clone(),
-            known.clone(),
-        )),
-        tokio::spawn(endpoint_slices(client, node, tx, metrics, known)),
+        tokio::spawn(pods(watch.clone(), node.clone(), known.clone())),
+        tokio::spawn(endpoint_slices(watch, node, known)),
     ]
 }
 
-fn count_error(metrics: &KubeMetrics, resource: &'static str, e: &watcher::Error) {
-    tracing::warn!(resource, error = %e, "watch failed; retrying with backoff");
-    metrics.watch_error(resource);
-}
-
-async fn pods(
+/// What every watcher needs.
+#[derive(Clone)]
+struct Watch {
     client: Client,
-    node: String,
     tx: mpsc::Sender<KubeUpdate>,
     metrics: Arc<KubeMetrics>,
-    known: Arc<RwLock<HashSet<String>>>,
-) {
+    retry: RetryPolicy,
+}
+
+/// How a failing watch is retried: after `first`, doubling with each failure in a row,
+/// up to `max`.
+#[derive(Clone, Copy, Debug)]
+struct RetryPolicy {
+    first: Duration,
+    max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause after `failures` failures in a row, for `jitter` in [0, 1): 1 s, 2 s,
+    /// 4 s … 30 s, each shortened by up to a quarter so that agents that lost the API
+    /// server together do not come back together.
+    fn pause(&self, failures: u32, jitter: f64) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        let full = self.first.saturating_mul(1 << doublings).min(self.max);
+        full.mul_f64(1.0 - 0.25 * jitter.clamp(0.0, 1.0))
+    }
+}
+
+/// The retries of one watch. kube-runtime's stream backoff starts over whenever the
+/// watcher yields anything, and a watcher yields `Init` before every list attempt, so a
+/// list that kept failing was retried about once a second. Here the schedule starts over
+/// only when the watch works again: a list completed or a change arrived.
+struct Retry {
+    resource: &'static str,
+    policy: RetryPolicy,
+    failures: u32,
+}
+
+impl Retry {
+    fn new(resource: &'static str, policy: RetryPolicy) -> Self {
+        Self {
+            resource,
+            policy,
+            failures: 0,
+        }
+    }
+
+    /// Notes what the watcher yielded: anything but an error or the start of a list
+    /// means the watch works.
+    fn saw<K>(&mut self, item: &Result<watcher::Event<K>, watcher::Error>) {
+        let works = matches!(
+            item,
+            Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_))
+        );
+        if works && self.failures > 0 {
+            tracing::info!(
+                resource = self.resource,
+                failures = self.failures,
+                "watch works again"
+            );
+            self.failures = 0;
+        }
+    }
+
+    /// A failure: counted; returns the pause before the watcher is polled again.
+    fn failed(&mut self, metrics: &KubeMetrics, jitter: f64) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        metrics.watch_error(self.resource);
+        self.policy.pause(self.failures, jitter)
+    }
+
+    /// A failure, counted and logged once with how many came in a row, then the pause.
+    async fn back_off(&mut self, metrics: &KubeMetrics, e: &watcher::Error) {
+        let pause = self.failed(metrics, fastrand::f64());
+        let (phase, error) = watch_failure(e);
+        tracing::warn!(
+            resource = self.resource,
+            phase,
+            failures = self.failures,
+            retry_in = ?pause,
+            error,
+            "watch failed"
+        );
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Which step of the watch failed, and why, with no credentials (see [`describe`]) and
+/// an API server's refusal as its code, reason and message.
+fn watch_failure(e: &watcher::Error) -> (&'static str, String) {
+    match e {
+        watcher::Error::InitialListFailed(k) => ("list", describe(k)),
+        watcher::Error::WatchStartFailed(k) | watcher::Error::WatchFailed(k) => {
+            ("watch", describe(k))
+        }
+        watcher::Error::WatchError(status) => (
+            "watch",
+            format!("{} {}: {}", status.code, status.reason, status.message),
+        ),
+        other => ("watch", describe(other)),
+    }
+}
+
+async fn pods(watch: Watch, node: String, known: Arc<RwLock<HashSet<String>>>) {
+    let Watch {
+        client,
+        tx,
+        metrics,
+        retry: policy,
+    } = watch.clone();
     let api: Api<Pod> = Api::all(client.clone());
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    let mut stream = watcher(api, cfg).default_backoff().boxed();
+    let mut stream = watcher(api, cfg).boxed();
+    let mut retry = Retry::new("pods", policy);
     let mut listing: Option<HashSet<String>> = None;
     let mut events: HashMap<String, JoinHandle<()>> = HashMap::new();
     while let Some(item) = stream.next().await {
+        retry.saw(&item);
         let at_ns = boot_now_ns();
         let update = match item {
             Ok(watcher::Event::Init) => {
@@ -122,12 +234,7 @@ async fn pods(
                         k.insert(info.uid.clone());
                     }
                     if info.deletion_timestamp.is_some() && !events.contains_key(&info.uid) {
-                        let h = tokio::spawn(kubelet_events(
-                            client.clone(),
-                            info.uid.clone(),
-                            tx.clone(),
-                            metrics.clone(),
-                        ));
+                        let h = tokio::spawn(kubelet_events(watch.clone(), info.uid.clone()));
                         events.insert(info.uid.clone(), h);
                     }
                     KubeUpdate::Pod {
@@ -177,7 +284,7 @@ async fn pods(
                 KubeUpdate::PodRemoved { uid, at_ns }
             }
             Err(e) => {
-                count_error(&metrics, "pods", &e);
+                retry.back_off(&metrics, &e).await;
                 continue;
             }
         };
@@ -191,22 +298,25 @@ async fn pods(
 }
 
 /// One pod's kubelet Events, by `involvedObject.uid`, while it terminates.
-async fn kubelet_events(
-    client: Client,
-    uid: String,
-    tx: mpsc::Sender<KubeUpdate>,
-    metrics: Arc<KubeMetrics>,
-) {
+async fn kubelet_events(watch: Watch, uid: String) {
+    let Watch {
+        client,
+        tx,
+        metrics,
+        retry: policy,
+    } = watch;
     let api: Api<Event> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("involvedObject.uid={uid}"));
-    let mut stream = watcher(api, cfg).default_backoff().boxed();
+    let mut stream = watcher(api, cfg).boxed();
+    let mut retry = Retry::new("events", policy);
     let mut seen: HashSet<(String, i32)> = HashSet::new();
     while let Some(item) = stream.next().await {
+        retry.saw(&item);
         let ev = match item {
             Ok(watcher::Event::InitApply(e) | watcher::Event::Apply(e)) => e,
             Ok(_) => continue,
             Err(e) => {
-                count_error(&metrics, "events", &e);
+                retry.back_off(&metrics, &e).await;
                 continue;
             }
         };
@@ -245,21 +355,21 @@ async fn kubelet_events(
 
 type SliceEndpoints = HashMap<String, EndpointState>;
 
-async fn endpoint_slices(
-    client: Client,
-    node: String,
-    tx: mpsc::Sender<KubeUpdate>,
-    metrics: Arc<KubeMetrics>,
-    known: Arc<RwLock<HashSet<String>>>,
-) {
+async fn endpoint_slices(watch: Watch, node: String, known: Arc<RwLock<HashSet<String>>>) {
+    let Watch {
+        client,
+        tx,
+        metrics,
+        retry: policy,
+    } = watch;
     let api: Api<EndpointSlice> = Api::all(client);
-    let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    let mut stream = watcher(api, watcher::Config::default()).boxed();
+    let mut retry = Retry::new("endpointslices", policy);
     // Only this node's endpoints, per slice: memory does not grow with the cluster.
     let mut slices: HashMap<String, (String, SliceEndpoints)> = HashMap::new();
     let mut listed: Option<HashSet<String>> = None;
     while let Some(item) = stream.next().await {
+        retry.saw(&item);
         let at_ns = boot_now_ns();
         let mut updates = Vec::new();
         match item {
@@ -293,7 +403,7 @@ async fn endpoint_slices(
                     forget_slice(&mut slices, &key, at_ns, &mut updates);
                 }
             }
-            Err(e) => count_error(&metrics, "endpointslices", &e),
+            Err(e) => retry.back_off(&metrics, &e).await,
         }
         for u in updates {
             if tx.send(u).await.is_err() {
@@ -485,5 +595,155 @@ mod tests {
             .iter()
             .all(|u| matches!(u, KubeUpdate::Endpoint { state: None, .. })));
         assert!(slices.is_empty());
+    }
+
+    #[test]
+    fn retries_double_from_one_second_to_thirty_with_jitter() {
+        let p = RetryPolicy::default();
+        let secs: Vec<f64> = (1..=8).map(|n| p.pause(n, 0.0).as_secs_f64()).collect();
+        assert_eq!(secs, [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]);
+        assert_eq!(p.pause(u32::MAX, 0.0), Duration::from_secs(30));
+        // Jitter only shortens, by at most a quarter: the cap holds.
+        assert_eq!(p.pause(1, 0.999_999).as_millis(), 750);
+        assert_eq!(p.pause(9, 0.5), Duration::from_millis(26_250));
+        let in_30s: f64 = (1..=6)
+            .map(|n| p.pause(n, 0.0).as_secs_f64())
+            .take_while(|_| true)
+            .sum();
+        assert!(in_30s > 30.0, "at most 6 attempts in the first 30 s");
+    }
+
+    #[test]
+    fn the_schedule_starts_over_only_when_the_watch_works() {
+        let metrics = crate::metrics::Metrics::new("test");
+        let mut r = Retry::new("pods", RetryPolicy::default());
+        let pauses: Vec<u64> = (0..3)
+            .map(|_| {
+                // What a failing list yields each time: Init, then the error.
+                r.saw::<Pod>(&Ok(watcher::Event::Init));
+                r.failed(&metrics.kube, 0.0).as_secs()
+            })
+            .collect();
+        assert_eq!(pauses, [1, 2, 4]);
+        r.saw::<Pod>(&Ok(watcher::Event::InitApply(Pod::default())));
+        assert_eq!(r.failed(&metrics.kube, 0.0).as_secs(), 8);
+        r.saw::<Pod>(&Ok(watcher::Event::InitDone));
+        assert_eq!(r.failed(&metrics.kube, 0.0).as_secs(), 1);
+        let text = metrics.encode().expect("encode");
+        assert!(
+            text.contains("gracewatch_kube_watch_errors_total{resource=\"pods\"} 5"),
+            "{text}"
+        );
+    }
+}
+
+/// A watch against an API server that fails every request, over loopback.
+#[cfg(test)]
+mod failing_api_server {
+    use super::*;
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex,
+    };
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Answers every request 500 with a Status, counting them.
+    async fn failing_api_server(requests: Arc<AtomicUsize>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let requests = requests.clone();
+                let svc = hyper::service::service_fn(move |_req| {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"etcd is down","reason":"InternalError","code":500}"#;
+                    let mut resp =
+                        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+                    *resp.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+                );
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_failing_list_backs_off_and_each_failure_is_logged_once() {
+        let logs = Captured::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .with_env_filter(format!("info,{LIBRARY_LOG_FILTER}"))
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let requests = Arc::new(AtomicUsize::new(0));
+        let addr = failing_api_server(requests.clone()).await;
+        let config = kube::Config::new(format!("http://{addr}").parse().expect("uri"));
+        let metrics = Arc::new(crate::metrics::Metrics::new("test"));
+        let (tx, _rx) = mpsc::channel(16);
+        // The default schedule scaled down 10×: 100 ms doubling to 800 ms.
+        let watch = Watch {
+            client: Client::try_from(config).expect("client"),
+            tx,
+            metrics: metrics.kube.clone(),
+            retry: RetryPolicy {
+                first: Duration::from_millis(100),
+                max: Duration::from_millis(800),
+            },
+        };
+        let task = tokio::spawn(pods(watch, "node-a".into(), Arc::default()));
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        task.abort();
+        // Attempts at 0, 0.1, 0.3, 0.7, 1.5 and 2.3 s, each pause up to a quarter shorter:
+        // 6 to 8 in 3 s. Starting over at the first pause after every Init (the old
+        // behaviour) would make about 30.
+        let n = requests.load(Ordering::Relaxed);
+        assert!((5..=8).contains(&n), "{n} requests in 3 s");
+        let text = logs.0.lock().map(|v| v.clone()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines.iter().all(|l| l.contains("watch failed")),
+            "only our line: {text}"
+        );
+        assert!(
+            lines.len() == n || lines.len() + 1 == n,
+            "{n} requests: {text}"
+        );
+        assert!(lines[0].contains("failures=1"), "{}", lines[0]);
+        assert!(lines[0].contains("phase=\"list\""), "{}", lines[0]);
+        assert!(
+            lines[0].contains("500 InternalError: etcd is down"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[2].contains("failures=3"), "{}", lines[2]);
+        let counted = metrics.encode().expect("encode");
+        let series = format!(
+            "gracewatch_kube_watch_errors_total{{resource=\"pods\"}} {}",
+            lines.len()
+        );
+        assert!(counted.contains(&series), "{series} in {counted}");
     }
 }

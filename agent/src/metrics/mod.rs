@@ -1,18 +1,21 @@
 //! Every metric Gracewatch exports, defined in one place, with its help text, and grouped
 //! by the subsystem that records it: [`KernelMetrics`] (ring buffer, probes, decoding),
 //! [`AttributionMetrics`] (events no container could be found for),
-//! [`TerminationMetrics`] (signals, container and pod ends, terminating pods) and
-//! [`KubeMetrics`] (API watches). Each group registers itself and offers intent-level
-//! methods; no caller builds a label set. Prefix `gracewatch_`; labels are bounded sets
-//! (never pod IPs, PIDs or command lines).
+//! [`TerminationMetrics`] (signals, container and pod ends, terminating pods),
+//! [`KubeMetrics`] (API watches) and [`HttpMetrics`] (the agent's own HTTP server).
+//! Each group registers itself and offers intent-level methods; no caller builds a label
+//! set. Prefix `gracewatch_`; labels are bounded sets (never pod IPs, PIDs or command
+//! lines).
 //!
 //! Like `clock` and `report`, this is a leaf that every stage may write to; `export`
 //! serves what it holds.
 
+mod http;
 mod kernel;
 mod kube;
 mod termination;
 
+pub use http::{HttpMetrics, HttpTimeout};
 pub use kernel::{AttributionMetrics, KernelMetrics};
 pub use kube::KubeMetrics;
 pub use termination::{ContainerEnd, PodEnd, Subject, TerminationMetrics, Workload, SERIES_TTL_NS};
@@ -48,6 +51,7 @@ pub struct Metrics {
     pub attribution: Arc<AttributionMetrics>,
     pub termination: Arc<TerminationMetrics>,
     pub kube: Arc<KubeMetrics>,
+    pub http: Arc<HttpMetrics>,
 }
 
 impl Metrics {
@@ -58,6 +62,7 @@ impl Metrics {
         let attribution = AttributionMetrics::register(&mut registry);
         let termination = TerminationMetrics::register(&mut registry);
         let kube = KubeMetrics::register(&mut registry);
+        let http = HttpMetrics::register(&mut registry);
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -84,6 +89,7 @@ impl Metrics {
             attribution: Arc::new(attribution),
             termination: Arc::new(termination),
             kube: Arc::new(kube),
+            http: Arc::new(http),
         }
     }
 
