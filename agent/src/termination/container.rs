@@ -472,7 +472,8 @@ pub(super) fn on_exec(c: &mut ContainerTrack, e: &agent_ebpf::ExecEvent, clock: 
     c.add_proc(h.tgid, h.ns_tgid, h.ns_level, comm.clone(), true);
     // Started from outside (and not the container's init): an exec session begins. A
     // program a session's process exec'd belongs to that session.
-    let session = if e.entered != 0 && !c.is_pid1(h.tgid) {
+    // runc's own init (`exe`) passes through on its way to the program it runs.
+    let session = if e.entered != 0 && !c.is_pid1(h.tgid) && !is_runtime_init(&comm) {
         c.facts.exec_session_started(ExecSession {
             root_tgid: h.tgid,
             comm: comm.clone(),
