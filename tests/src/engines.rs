@@ -25,7 +25,8 @@
 //!
 //! [`Engine`]'s `Drop` stops the engine (remove every container; SIGTERM the daemon, then
 //! SIGKILL) and then purges the run directory whatever state it is in: processes whose
-//! command line names it, container cgroups, mounts, files. [`sweep_stale`] purges the run
+//! command line names it (given time to exit first), container cgroups, the sockets of
+//! shims that were killed, mounts, files. [`sweep_stale`] purges the run
 //! directories of owners that are gone (a crashed or killed test run).
 
 use std::fs::{self, File};
@@ -80,6 +81,8 @@ const PODMAN_OUTSIDE: &[&str] = &[
     "/var/lib/containers/cache/blob-info-cache-v1.boltdb",
 ];
 const DOCKER_CGROUPS: &[&str] = &["docker"];
+/// Where every containerd shim puts its socket, whatever its daemon's state directory.
+const SHIM_SOCKETS: &str = "/run/containerd/s";
 const PODMAN_CGROUPS: &[&str] = &["libpod_parent", "libpod_parent/conmon"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -556,7 +559,7 @@ impl Drop for Engine {
         let mut problems = self.shut_down();
         {
             let _serial = serial();
-            problems.extend(purge(self.kind, &self.dir));
+            problems.extend(purge(self.kind, &self.dir, Duration::from_secs(10)));
             if let Err(err) = owned::release_when_idle() {
                 problems.push(format!("{err:#}"));
             }
@@ -587,7 +590,7 @@ pub fn sweep_stale() -> Result<()> {
         let name = dir.file_name().unwrap_or_default().to_string_lossy();
         let kind = name.chars().last().and_then(Kind::from_letter);
         match kind {
-            Some(kind) => problems.extend(purge(kind, &dir)),
+            Some(kind) => problems.extend(purge(kind, &dir, Duration::ZERO)),
             None => problems.push(format!("unknown run directory {}", dir.display())),
         }
     }
@@ -609,17 +612,28 @@ fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Removes a run directory whatever state it is in: processes naming it, container
-/// cgroups, mounts under it, then its files. Returns what could not be done.
-fn purge(kind: Kind, dir: &Path) -> Vec<String> {
+/// Removes a run directory whatever state it is in: processes naming it (given
+/// `patience` to exit by themselves first), container cgroups, the sockets of shims that
+/// could not remove their own, mounts under it, then its files. Returns what could not
+/// be done.
+fn purge(kind: Kind, dir: &Path, patience: Duration) -> Vec<String> {
     let mut problems = Vec::new();
     if !dir.exists() {
         return problems;
     }
+    let sockets = shim_sockets(dir);
     // dockerd, containerd, its shims, conmon, podman's exit commands: all carry a path
     // of the run directory on their command line.
-    if let Err(err) = kill_processes_naming(dir) {
+    if let Err(err) = kill_processes_naming(dir, patience) {
         problems.push(format!("{err:#}"));
+    }
+    for socket in sockets {
+        match fs::remove_file(&socket) {
+            Err(err) if err.kind() != ErrorKind::NotFound => {
+                problems.push(format!("removing {}: {err}", socket.display()));
+            }
+            _ => {}
+        }
     }
     let ids = container_ids(kind, dir);
     for id in &ids {
@@ -641,6 +655,24 @@ fn purge(kind: Kind, dir: &Path) -> Vec<String> {
     problems
 }
 
+/// The sockets of the containerd shims of a run, from the `address` file each shim
+/// leaves in its task directory. They live in containerd's fixed `/run/containerd/s`
+/// (named by a hash of the run's containerd address, namespace and container id, so no
+/// other containerd uses them); a shim that is SIGKILLed cannot remove its own.
+fn shim_sockets(dir: &Path) -> Vec<PathBuf> {
+    let tasks = dir.join("exec/containerd/daemon/io.containerd.runtime.v2.task");
+    let namespaces = fs::read_dir(tasks).into_iter().flatten().flatten();
+    let task_dirs =
+        namespaces.flat_map(|ns| fs::read_dir(ns.path()).into_iter().flatten().flatten());
+    task_dirs
+        .filter_map(|task| fs::read_to_string(task.path().join("address")).ok())
+        .filter_map(|address| {
+            let path = PathBuf::from(address.trim().strip_prefix("unix://")?);
+            path.starts_with(SHIM_SOCKETS).then_some(path)
+        })
+        .collect()
+}
+
 /// Ids of the containers an engine's storage knows.
 fn container_ids(kind: Kind, dir: &Path) -> Vec<String> {
     let store = match kind {
@@ -657,12 +689,14 @@ fn container_ids(kind: Kind, dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// SIGKILLs every process (but this one) whose command line contains `dir`, until none
-/// is left (10 s at most).
-fn kill_processes_naming(dir: &Path) -> Result<()> {
+/// Waits up to `patience` for every process (but this one) whose command line contains
+/// `dir` to exit (Podman's exit command, for one, runs `runc delete` after the container
+/// is gone), then SIGKILLs those left, until none is (10 s more at most).
+fn kill_processes_naming(dir: &Path, patience: Duration) -> Result<()> {
     let needle = dir.as_os_str().as_encoded_bytes().to_vec();
     let me = std::process::id();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let patient_until = Instant::now() + patience;
+    let deadline = patient_until + Duration::from_secs(10);
     loop {
         let mut left = Vec::new();
         for entry in fs::read_dir("/proc").context("listing /proc")?.flatten() {
@@ -683,7 +717,9 @@ fn kill_processes_naming(dir: &Path) -> Result<()> {
                 .windows(needle.len())
                 .any(|w| w == needle.as_slice())
             {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                if Instant::now() >= patient_until {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
                 left.push(pid);
             }
         }
@@ -692,7 +728,7 @@ fn kill_processes_naming(dir: &Path) -> Result<()> {
         }
         if Instant::now() > deadline {
             bail!(
-                "processes naming {} survived SIGKILL: {left:?}",
+                "processes naming {} outlived SIGKILL: {left:?}",
                 dir.display()
             );
         }

@@ -839,12 +839,29 @@ fn sweep_stale_removes_what_a_crashed_run_left() {
     assert!(cgroup.exists(), "the crashed run left no container");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     assert!(mounts_under(&dir) > 0, "the crashed run left no mounts");
+    // The shim's socket is in containerd's fixed directory, named in the task's state.
+    let address = dir.join(format!(
+        "exec/containerd/daemon/io.containerd.runtime.v2.task/moby/{id}/address"
+    ));
+    let address = std::fs::read_to_string(&address).expect("the shim's address file");
+    let socket = std::path::PathBuf::from(
+        address
+            .trim()
+            .strip_prefix("unix://")
+            .expect("a unix socket address"),
+    );
+    assert!(socket.exists(), "{} is not there", socket.display());
 
     sweep_stale().expect("sweep");
 
     assert!(!dir.exists(), "{} is left", dir.display());
     assert_eq!(naming(&dir), Vec::<u32>::new(), "processes left");
     assert_eq!(mounts_under(&dir), 0, "mounts left");
+    assert!(
+        !socket.exists(),
+        "the killed shim's {} is left",
+        socket.display()
+    );
     for mount in gracewatch_tests::runc::cgroup_mounts().expect("cgroup mounts") {
         let leaf = mount.join(format!("docker/{id}"));
         assert!(!leaf.exists(), "{} is left", leaf.display());
