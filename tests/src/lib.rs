@@ -7,5 +7,6 @@
 pub mod agent;
 pub mod apiserver;
 pub mod cri;
+pub mod engines;
 pub mod kubelet;
 pub mod runc;

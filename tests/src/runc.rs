@@ -578,6 +578,12 @@ pub fn cgroup_mounts() -> Result<Vec<PathBuf>> {
     Ok(cgroups::mountinfo()?.into_iter().map(|(p, _)| p).collect())
 }
 
+/// Builds the harness's busybox rootfs at `dir` (created if missing): the tree its
+/// containers run in, and the one the engine tests import as an image.
+pub fn build_busybox_rootfs(dir: &Path) -> Result<()> {
+    rootfs::build(dir).with_context(|| format!("building {}", dir.display()))
+}
+
 /// A random (version 4, RFC 4122 variant) UUID, the shape of a pod's `metadata.uid`.
 pub fn uuid_v4() -> Result<String> {
     let mut b = state::random_bytes::<16>()?;
@@ -760,7 +766,7 @@ pub(crate) mod rootfs {
         Ok(rootfs)
     }
 
-    fn build(dir: &Path) -> Result<()> {
+    pub(super) fn build(dir: &Path) -> Result<()> {
         ensure_static(Path::new(BUSYBOX))?;
         // Mount points exist up front: runc would otherwise create them in the shared
         // directory, from several containers at once.

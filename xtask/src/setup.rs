@@ -43,6 +43,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "hyperfine",
     "iproute2",
     "procps",
+    // The engine suite: a private dockerd and Podman run the busybox image (see DOMAIN.md).
+    "docker.io",
+    "podman",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
