@@ -70,12 +70,13 @@ pub fn place(view: &NodeView, c: &CgroupContainer) -> Placement {
 }
 
 /// The record a container's termination is filed under: its pod (by uid), or, outside
-/// any pod, the container itself.
-pub fn record_key(c: &CgroupContainer) -> &str {
-    c.cgroup
-        .pod_uid
-        .as_deref()
-        .unwrap_or(&c.cgroup.container_id)
+/// any pod, the container's run: its id and its cgroup, since an engine restarting a
+/// container (Docker's restart policy) reuses the id with a new cgroup each time.
+pub fn record_key(c: &CgroupContainer) -> String {
+    match &c.cgroup.pod_uid {
+        Some(uid) => uid.clone(),
+        None => format!("{}@{}", c.cgroup.container_id, c.cgroup_id),
+    }
 }
 
 /// One container's part in a pod termination, as the kernel saw it and the pod spec

@@ -550,7 +550,6 @@ fn docker_containers_that_exit_at_start_are_each_recorded_with_their_code() {
 }
 
 #[test]
-#[ignore = "agent defect: the runs of one restarted container (same id, a new cgroup each run) are merged into one record, depending on timing"]
 fn docker_crash_loop_under_a_restart_policy_records_every_exit() {
     require_root();
     let agent = Agent::start_standalone(&[]).expect("agent");

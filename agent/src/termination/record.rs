@@ -201,7 +201,7 @@ impl Records {
         now_ns: u64,
     ) {
         c.facts.partial |= pod.is_some_and(|p| p.deleted_before_agent);
-        let key = join::record_key(&c.container).to_string();
+        let key = join::record_key(&c.container);
         if pod.is_some() && c.sandbox {
             // The sandbox is SIGKILLed by the runtime once the containers are gone: part
             // of the story, not an outcome.

@@ -252,7 +252,7 @@ impl Tracker {
             }
             c.check_orphans();
             c.check_started_before(self.started_ns, self.opts.max_grace_ns, &self.clock);
-            let key = join::record_key(&c.container).to_string();
+            let key = join::record_key(&c.container);
             self.records
                 .finalize(c, self.view.get(&key), &self.metrics, &self.clock, now_ns);
             self.try_complete(&key, now_ns);

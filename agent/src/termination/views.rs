@@ -58,7 +58,7 @@ pub(super) fn in_progress(
         .filter(|c| c.terminating_since.is_some())
     {
         let v = views
-            .entry(join::record_key(&c.container).to_string())
+            .entry(join::record_key(&c.container))
             .or_insert_with(|| Termination::in_progress(c.container.cgroup.pod_uid.clone()));
         v.containers.push(report(c, None));
         v.timeline.extend(timeline_of(c, clock));
