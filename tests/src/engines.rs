@@ -832,14 +832,12 @@ mod owned {
     use std::fs::{self, File};
     use std::io::ErrorKind;
     use std::os::unix::ffi::OsStringExt;
-    use std::path::{Path, PathBuf};
-    use std::thread::sleep;
-    use std::time::{Duration, Instant};
+    use std::path::PathBuf;
 
     use anyhow::{Context, Result};
-    use nix::errno::Errno;
 
     use super::{create_dir, OWNED_DIR, RUNS_DIR};
+    use crate::runc::state::hex;
 
     fn markers() -> PathBuf {
         PathBuf::from(OWNED_DIR)
@@ -916,28 +914,7 @@ mod owned {
         }
     }
 
-    /// rmdir that waits out EBUSY (a cgroup's last tasks take a moment to leave it) and
-    /// treats an already removed directory as success.
-    pub(super) fn rmdir_patiently(dir: &Path) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            match fs::remove_dir(dir) {
-                Ok(()) => return Ok(()),
-                Err(err) if err.kind() == ErrorKind::NotFound => return Ok(()),
-                Err(err)
-                    if err.raw_os_error() == Some(Errno::EBUSY as i32)
-                        && Instant::now() < deadline =>
-                {
-                    sleep(Duration::from_millis(20));
-                }
-                Err(err) => return Err(err).with_context(|| format!("rmdir {}", dir.display())),
-            }
-        }
-    }
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
+    pub(super) use crate::runc::cgroups::rmdir_patiently;
 
     fn unhex(s: &str) -> Option<Vec<u8>> {
         if !s.len().is_multiple_of(2) {

@@ -1123,7 +1123,7 @@ pub(crate) mod cgroups {
 
     /// rmdir that waits out EBUSY (a cgroup's last tasks take a moment to leave it)
     /// and treats an already removed directory as success.
-    fn rmdir_patiently(dir: &Path) -> Result<()> {
+    pub(crate) fn rmdir_patiently(dir: &Path) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             match fs::remove_dir(dir) {
