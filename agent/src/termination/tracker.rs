@@ -43,15 +43,19 @@ pub struct TrackerOptions {
     /// signal, and a container that existed before the agent and ended within it of the
     /// agent's start may have been stopped before the agent could see it.
     pub max_grace_ns: u64,
+    /// Where live processes are listed (`/proc` of the host PID namespace), to check
+    /// that processes believed alive after PID 1's exit still exist; `None`: never look.
+    pub proc_root: Option<std::path::PathBuf>,
 }
 
 impl Default for TrackerOptions {
     fn default() -> Self {
         Self {
-            linger_ns: 500_000_000,
+            linger_ns: 150_000_000,
             history: 256,
             stuck_margin_ns: 30_000_000_000,
             max_grace_ns: 30_000_000_000,
+            proc_root: Some(std::path::PathBuf::from("/proc")),
         }
     }
 }
@@ -220,6 +224,18 @@ impl Tracker {
     /// anything changed.
     pub fn tick(&mut self, now_ns: u64) -> bool {
         let linger = self.opts.linger_ns;
+        // Before waiting out the cap for processes still believed alive after PID 1,
+        // check they still exist (their exits may have been filtered as the host's).
+        let proc_root = self.opts.proc_root.as_deref();
+        for c in self.containers.values_mut() {
+            let Some(proc_root) = proc_root else { break };
+            let waiting = c.facts.pid1_exit_ns.is_some()
+                && c.others_alive()
+                && now_ns.saturating_sub(c.last_event_ns) >= linger;
+            if waiting {
+                c.forget_vanished(proc_root);
+            }
+        }
         let done: Vec<u64> = self
             .containers
             .iter()
@@ -288,6 +304,14 @@ impl Tracker {
         Some(Arc::new(Snapshot { terminations }))
     }
 
+    /// Whether a container is ending (its PID 1 exited, or its cgroup went, after
+    /// something was seen), so a tick soon may finalize it.
+    pub fn ending(&self) -> bool {
+        self.containers
+            .values()
+            .any(|c| c.terminating_since.is_some() && (c.facts.pid1_exit_ns.is_some() || c.gone))
+    }
+
     /// Containers currently tracked (tests, debugging).
     pub fn tracked(&self) -> usize {
         self.containers.len()
@@ -303,7 +327,11 @@ mod tests {
 
     fn run(events: &[TaskEvent]) -> Tracker {
         let mut t = Tracker::new(
-            TrackerOptions::default(),
+            TrackerOptions {
+                // The test's pids are made up.
+                proc_root: None,
+                ..TrackerOptions::default()
+            },
             Clock::with_offset_ns(0),
             Metrics::new("test").termination,
             0,
