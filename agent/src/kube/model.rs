@@ -63,6 +63,9 @@ pub struct ApiPod {
     /// `<kind>/<name>` of the controlling workload ("deployment/web"), or "" for none.
     pub workload: String,
     pub ips: Vec<String>,
+    /// `spec.hostNetwork`: the pod uses the node's addresses, so its traffic cannot be
+    /// told apart from the node's by address.
+    pub host_network: bool,
     pub deletion_timestamp: Option<OffsetDateTime>,
     pub deletion_grace_seconds: Option<i64>,
     pub termination_grace_seconds: i64,
@@ -138,6 +141,7 @@ pub fn api_pod(pod: &Pod) -> Result<ApiPod, ModelError> {
             .and_then(|s| s.pod_ips.as_ref())
             .map(|ips| ips.iter().map(|i| i.ip.clone()).collect())
             .unwrap_or_default(),
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         deletion_timestamp: meta
             .deletion_timestamp
             .as_ref()

@@ -20,8 +20,9 @@ use crate::{
     join,
     kernel::TaskEvent,
     kube::{KubeUpdate, NodeView, PodChange},
-    metrics::TerminationMetrics,
+    metrics::{TerminationMetrics, TrafficMetrics},
     report::{Snapshot, Termination},
+    traffic::{self, proc_net::SocketTable, TrafficWatch},
 };
 
 /// Longest wait, after PID 1's exit, for the container's other processes to exit.
@@ -68,6 +69,9 @@ pub struct Tracker {
     finished_order: VecDeque<u64>,
     records: Records,
     view: NodeView,
+    /// Terminating pods' addresses watched in the kernel, and what was counted there.
+    traffic: TrafficWatch,
+    traffic_metrics: Option<Arc<TrafficMetrics>>,
     dirty: bool,
 }
 
@@ -90,7 +94,80 @@ impl Tracker {
             finished_order: VecDeque::new(),
             records,
             view: NodeView::default(),
+            traffic: TrafficWatch::default(),
+            traffic_metrics: None,
             dirty: true,
+        }
+    }
+
+    /// Where each pod's traffic figures go when its record completes.
+    pub fn with_traffic_metrics(mut self, m: Arc<TrafficMetrics>) -> Self {
+        self.traffic_metrics = Some(m);
+        self
+    }
+
+    /// The traffic watch (its kernel map writes are applied by the owner of the maps).
+    pub fn traffic(&mut self) -> &mut TrafficWatch {
+        &mut self.traffic
+    }
+
+    /// The socket table of a pod's network namespace, read through one of its processes.
+    fn socket_table(&self, uid: &str) -> Option<SocketTable> {
+        let mut tracks: Vec<&ContainerTrack> = self
+            .containers
+            .values()
+            .filter(|c| c.container.cgroup.pod_uid.as_deref() == Some(uid))
+            .collect();
+        // The sandbox holds the network namespace longest.
+        tracks.sort_by_key(|c| !c.sandbox);
+        tracks
+            .iter()
+            .flat_map(|c| c.live_tgids())
+            .find_map(|pid| SocketTable::of_pid(pid).ok())
+    }
+
+    /// Marks a watched pod's first stop signal and last exit after a kernel event.
+    fn traffic_moments(&mut self, cgroup_id: u64) {
+        let Some(c) = self.containers.get(&cgroup_id) else {
+            return;
+        };
+        let Some(uid) = c.container.cgroup.pod_uid.clone() else {
+            return;
+        };
+        if c.sandbox || !self.traffic.is_watched(&uid) {
+            return;
+        }
+        if let Some(s) = &c.facts.stop_signal {
+            self.traffic.sigterm(&uid, s.at_ns);
+        }
+        let members = || {
+            self.containers
+                .values()
+                .filter(|o| !o.sandbox && o.container.cgroup.pod_uid.as_deref() == Some(&uid))
+        };
+        if members().all(|o| o.facts.pid1_exit_ns.is_some()) {
+            if let Some(last) = members().filter_map(|o| o.facts.pid1_exit_ns).max() {
+                self.traffic.exit(&uid, last);
+            }
+        }
+    }
+
+    /// Watched pods whose endpoint left since the last look.
+    fn traffic_removals(&mut self) {
+        let due: Vec<(String, u64)> = self
+            .view
+            .terminating()
+            .filter(|p| self.traffic.is_watched(&p.pod.uid))
+            .filter(|p| {
+                self.traffic
+                    .get(&p.pod.uid)
+                    .is_some_and(|t| t.marks.removal_ns == 0)
+            })
+            .filter_map(|p| Some((p.pod.uid.clone(), p.endpoint_down_ns?)))
+            .collect();
+        for (uid, at) in due {
+            let table = self.socket_table(&uid);
+            self.traffic.removal(&uid, at, table.as_ref());
         }
     }
 
@@ -164,6 +241,9 @@ impl Tracker {
             TaskEvent::Exit(e) => on_exit(track, e, metrics, clock),
         }
         *dirty = true;
+        if matches!(ev, TaskEvent::Signal(_) | TaskEvent::Exit(_)) && self.traffic.watching() {
+            self.traffic_moments(id);
+        }
     }
 
     /// An update from the Kubernetes watchers, applied at `now_ns` (boot clock).
@@ -178,11 +258,47 @@ impl Tracker {
                     if let Some(p) = self.view.get(&uid) {
                         self.records.open_pod(p);
                     }
+                    self.watch_traffic(&uid);
                 }
-                PodChange::Removed(uid) => self.try_complete(&uid, now_ns),
+                PodChange::Removed(uid) => {
+                    self.try_complete(&uid, now_ns);
+                    self.traffic.gone(&uid);
+                }
             }
         }
+        if self.traffic.watching() {
+            self.traffic_removals();
+        }
         self.dirty = true;
+    }
+
+    /// A pod's deletion was seen: watch the addresses that are still its own.
+    fn watch_traffic(&mut self, uid: &str) {
+        let Some(p) = self.view.get(uid) else { return };
+        let ips: Vec<String> = p
+            .pod
+            .ips
+            .iter()
+            .filter(|ip| self.view.by_ip(ip).is_some_and(|o| o.pod.uid == uid))
+            .cloned()
+            .collect();
+        let host_network = p.pod.host_network;
+        if ips.is_empty() && !host_network {
+            return;
+        }
+        let table = self.socket_table(uid);
+        self.traffic
+            .deleting(uid, &ips, host_network, table.as_ref());
+        // Containers' stop signals and exits seen before the deletion was.
+        let ids: Vec<u64> = self
+            .containers
+            .iter()
+            .filter(|(_, c)| c.container.cgroup.pod_uid.as_deref() == Some(uid))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.traffic_moments(id);
+        }
     }
 
     /// Pod names may arrive after a container's first events: place its containers anew.
@@ -204,6 +320,13 @@ impl Tracker {
             .containers
             .values()
             .any(|o| o.terminating_since.is_some() && join::record_key(&o.container) == key);
+        let traffic = self.traffic.get(key).map(|t| {
+            let deletion = self.view.get(key).and_then(|p| p.deletion_ns);
+            traffic::report::report(t, deletion, &self.clock)
+        });
+        if let Some(t) = &traffic {
+            self.records.set_traffic(key, t);
+        }
         if self.records.try_complete(
             key,
             others_pending,
@@ -213,6 +336,16 @@ impl Tracker {
             &self.clock,
         ) {
             self.dirty = true;
+            if let Some(f) = traffic.and_then(|t| t.figures) {
+                let workload = self
+                    .view
+                    .get(key)
+                    .map(|p| crate::metrics::Workload::new(&p.pod.namespace, &p.pod.workload));
+                if let (Some(m), Some(w)) = (&self.traffic_metrics, workload) {
+                    m.pod_traffic(&w, &f);
+                }
+            }
+            self.traffic.take(key);
         }
     }
 
