@@ -9,6 +9,10 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -18,7 +22,13 @@ use gracewatch::{
     kernel::{LoadOptions, Probes},
     traffic::addr_of,
 };
-use gracewatch_tests::netns::{self, NetNs};
+use gracewatch_tests::{
+    agent::{codes, whats, Agent},
+    apiserver::ApiServer,
+    kubelet::{ContainerDef, DeleteOptions, Hook, Node, PodDef},
+    netns::{self, NetNs},
+};
+use serde_json::Value;
 
 const CONNECT: Duration = Duration::from_secs(2);
 const IO: Duration = Duration::from_secs(5);
@@ -172,4 +182,254 @@ fn the_probes_count_exactly_what_reaches_a_watched_address_and_nothing_else() {
     );
     probes.unwatch_addr(addr).expect("unwatch");
     assert!(probes.traffic(&addr).is_none());
+}
+
+const NODE: &str = "node-t";
+const WAIT: Duration = Duration::from_secs(30);
+const PORT: u16 = 8080;
+
+/// busybox httpd on :8080 behind a shell that, on SIGTERM, keeps serving for
+/// `drain_seconds` (a drain period) and then stops it and exits 0.
+fn server(drain_seconds: u32) -> String {
+    format!(
+        "mkdir -p /tmp/www && echo ok > /tmp/www/index.html; \
+         httpd -f -p {PORT} -h /tmp/www & pid=$!; \
+         trap 'sleep {drain_seconds}; kill $pid; wait $pid; exit 0' TERM; \
+         wait $pid"
+    )
+}
+
+fn pod(name: &str, deployment: &str, script: &str) -> PodDef {
+    let mut def = PodDef::new("shop", name, vec![ContainerDef::shell("app", script)]);
+    def.deployment = Some(deployment.into());
+    def.service = Some(deployment.into());
+    def.own_network = true;
+    def
+}
+
+fn wait_listening(ip: &str) {
+    let to: SocketAddr = format!("{ip}:{PORT}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&to, CONNECT).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {to}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the agent's view of the pod's termination (in progress or completed)
+/// has a timeline entry `what` (of the app container, or of the pod).
+fn wait_entry(agent: &Agent, pod: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let seen = agent
+            .terminations_of_pod("shop", pod)
+            .unwrap_or_default()
+            .iter()
+            .any(|t: &Value| {
+                t["timeline"].as_array().is_some_and(|es| {
+                    es.iter()
+                        .any(|e| e["what"] == what && e["container"] != "POD")
+                })
+            });
+        if seen {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never showed {what} for {pod}:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn traffic_after_removal_after_sigterm_and_after_exit_is_counted_exactly() {
+    root();
+    netns::sweep();
+    let api = Arc::new(ApiServer::start().expect("api server"));
+    let kubeconfig =
+        std::env::temp_dir().join(format!("gracewatch-kubeconfig-{}", api.addr().port()));
+    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let node = Node::new(api.clone(), NODE).expect("node with containerd");
+    let agent = Agent::start_kubernetes(&kubeconfig, NODE, &[]).expect("agent");
+    let _ = std::fs::remove_file(&kubeconfig);
+
+    let mut busy = pod("busy", "web", &server(3));
+    busy.grace_seconds = 15;
+    busy.containers[0].prestop = Some(Hook::Sleep(Duration::from_secs(2)));
+    let busy = node.run_pod(busy).expect("busy pod");
+    let calm = node
+        .run_pod(pod("calm", "api", &server(0)))
+        .expect("calm pod");
+    wait_listening(&busy.ip);
+    wait_listening(&calm.ip);
+
+    // A healthy pod of another workload under load the whole time (bounded: at most
+    // 1500 requests, one every 10 ms, and only until the test is done).
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, ip) = (stop.clone(), calm.ip.clone());
+        std::thread::spawn(move || {
+            let mut served = 0u32;
+            for _ in 0..1500 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                get(&ip, PORT);
+                served += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            served
+        })
+    };
+
+    // A slow client: connected and half its request sent before the deletion.
+    let to: SocketAddr = format!("{}:{PORT}", busy.ip).parse().unwrap();
+    let mut slow = TcpStream::connect_timeout(&to, CONNECT).expect("connect");
+    slow.set_read_timeout(Some(IO)).unwrap();
+    slow.write_all(b"GET / HTTP/1.0\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    const N: u64 = 5;
+    const M: u64 = 3;
+    const K: u64 = 4;
+    let mut sent = 0;
+    std::thread::scope(|s| {
+        let deleting = s.spawn(|| {
+            node.delete_pod(
+                &busy,
+                &DeleteOptions {
+                    endpoint_lag: Duration::from_millis(300),
+                    sandbox_delay: Duration::from_secs(4),
+                    ..Default::default()
+                },
+            )
+        });
+        wait_entry(&agent, "busy", "endpoint_terminating");
+        for _ in 0..N {
+            sent += get(&busy.ip, PORT);
+        }
+        let rest = b"Host: x\r\n\r\n";
+        slow.write_all(rest).unwrap();
+        let mut answer = Vec::new();
+        slow.read_to_end(&mut answer).expect("slow answer");
+        assert!(
+            answer.ends_with(b"ok\n"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        sent += rest.len() as u64;
+        wait_entry(&agent, "busy", "sigterm");
+        for _ in 0..M {
+            sent += get(&busy.ip, PORT);
+        }
+        wait_entry(&agent, "busy", "container_exit");
+        for _ in 0..K {
+            refused(&busy.ip, PORT);
+        }
+        deleting.join().expect("delete thread").expect("delete");
+    });
+    stop.store(true, Ordering::Relaxed);
+    let served = load.join().expect("load thread");
+    assert!(
+        served > 50,
+        "the healthy pod was under load: {served} requests"
+    );
+
+    let t = agent
+        .wait_pod_completed("shop", "busy", WAIT)
+        .expect("termination");
+    let m = agent.metrics().expect("metrics");
+    let web = "{namespace=\"shop\",workload=\"deployment/web\"}";
+    let value = |name: &str| m.value(&format!("{name}{web}"));
+    assert_eq!(
+        value("gracewatch_connections_after_removal_total"),
+        Some((N + M) as f64),
+        "{t:#}"
+    );
+    assert_eq!(
+        value("gracewatch_connections_after_sigterm_total"),
+        Some(M as f64)
+    );
+    assert_eq!(
+        value("gracewatch_bytes_after_removal_total"),
+        Some(sent as f64)
+    );
+    assert_eq!(value("gracewatch_resets_after_exit_total"), Some(K as f64));
+    // The slow client's connection was the one open at the removal.
+    assert_eq!(
+        value("gracewatch_keepalive_connections_at_removal_count"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("gracewatch_keepalive_connections_at_removal_sum"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("gracewatch_traffic_after_removal_seconds_count"),
+        Some(1.0)
+    );
+    for name in [
+        "gracewatch_connections_after_removal_total",
+        "gracewatch_bytes_after_removal_total",
+        "gracewatch_resets_after_exit_total",
+    ] {
+        assert_eq!(
+            m.sum(name, &["deployment/api"]),
+            0.0,
+            "the healthy pod: {name}"
+        );
+    }
+
+    let w = whats(&t);
+    let n = |what: &str| w.iter().filter(|x| *x == what).count();
+    for what in [
+        "connection_after_removal",
+        "data_after_removal",
+        "connection_after_sigterm",
+        "reset_after_exit",
+    ] {
+        assert_eq!(n(what), 2, "first and last {what}: {w:?}");
+    }
+    let explained = agent.explain_target("shop/busy").expect("explain");
+    eprintln!("{explained}");
+    assert!(explained.contains("RESETS_AFTER_EXIT"), "{explained}");
+    let c = codes(&t);
+    for code in [
+        "TRAFFIC_AFTER_REMOVAL",
+        "KEEPALIVE_AFTER_REMOVAL",
+        "RESETS_AFTER_EXIT",
+    ] {
+        assert!(c.iter().any(|x| x == code), "{code} in {c:?}");
+    }
+    let diag = |code: &str| {
+        t["diagnoses"]
+            .as_array()
+            .and_then(|d| d.iter().find(|x| x["code"] == code))
+            .and_then(|d| d["message"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let traffic = diag("TRAFFIC_AFTER_REMOVAL");
+    assert!(
+        traffic.starts_with(&format!(
+            "{} new inbound connections and {sent} payload bytes",
+            N + M
+        )),
+        "{traffic}"
+    );
+    assert!(traffic.contains("a preStop sleep of "), "{traffic}");
+    assert!(diag("RESETS_AFTER_EXIT").starts_with(&format!("{K} connection attempts were refused")));
+    assert!(diag("KEEPALIVE_AFTER_REMOVAL").contains("1 connection was open at the removal"));
+    drop(node);
+    let left: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("gwp"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "pod veths left behind: {left:?}");
 }
