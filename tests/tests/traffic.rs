@@ -72,7 +72,9 @@ fn httpd(ns: &mut NetNs, root: &Docroot, port: u16) {
         ],
     )
     .expect("httpd");
-    let to: SocketAddr = format!("{}:{port}", ns.addr()).parse().unwrap();
+    let to: SocketAddr = format!("{}:{port}", ns.addr())
+        .parse()
+        .expect("socket address");
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect_timeout(&to, CONNECT).is_err() {
         assert!(Instant::now() < deadline, "httpd never listened on {to}");
@@ -83,10 +85,10 @@ fn httpd(ns: &mut NetNs, root: &Docroot, port: u16) {
 /// One request on a new connection; returns the bytes sent (the payload the server's
 /// kernel receives) once the answer is read.
 fn get(addr: &str, port: u16) -> u64 {
-    let to: SocketAddr = format!("{addr}:{port}").parse().unwrap();
+    let to: SocketAddr = format!("{addr}:{port}").parse().expect("socket address");
     let mut s = TcpStream::connect_timeout(&to, CONNECT).expect("connect");
-    s.set_read_timeout(Some(IO)).unwrap();
-    s.set_write_timeout(Some(IO)).unwrap();
+    s.set_read_timeout(Some(IO)).expect("timeout");
+    s.set_write_timeout(Some(IO)).expect("timeout");
     let req = format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     s.write_all(req.as_bytes()).expect("request");
     let mut answer = Vec::new();
@@ -101,7 +103,7 @@ fn get(addr: &str, port: u16) -> u64 {
 
 /// A connection attempt that must be refused.
 fn refused(addr: &str, port: u16) {
-    let to: SocketAddr = format!("{addr}:{port}").parse().unwrap();
+    let to: SocketAddr = format!("{addr}:{port}").parse().expect("socket address");
     match TcpStream::connect_timeout(&to, CONNECT) {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
         other => panic!("expected a refusal from {to}, got {other:?}"),
@@ -119,13 +121,16 @@ fn the_probes_count_exactly_what_reaches_a_watched_address_and_nothing_else() {
     const PORT: u16 = 8080;
     httpd(&mut watched, &docroot, PORT);
     httpd(&mut healthy, &docroot, PORT);
-    let addr = addr_of(&watched.addr()).unwrap();
-    let other = addr_of(&healthy.addr()).unwrap();
+    let addr = addr_of(&watched.addr()).expect("address");
+    let other = addr_of(&healthy.addr()).expect("address");
 
     // A slow client: connected, half its request sent, before the watch.
-    let to: SocketAddr = format!("{}:{PORT}", watched.addr()).parse().unwrap();
+    let to: SocketAddr = format!("{}:{PORT}", watched.addr())
+        .parse()
+        .expect("socket address");
     let mut slow = TcpStream::connect_timeout(&to, CONNECT).expect("connect");
-    slow.write_all(b"GET / HTTP/1.0\r\n").unwrap();
+    slow.write_all(b"GET / HTTP/1.0\r\n")
+        .expect("half a request");
     std::thread::sleep(Duration::from_millis(50));
 
     let mut marks = WatchMarks {
@@ -148,9 +153,9 @@ fn the_probes_count_exactly_what_reaches_a_watched_address_and_nothing_else() {
     }
     // The slow client's rest, over a connection opened before the removal.
     let rest = b"Host: x\r\n\r\n";
-    slow.write_all(rest).unwrap();
+    slow.write_all(rest).expect("the rest");
     let mut answer = Vec::new();
-    slow.set_read_timeout(Some(IO)).unwrap();
+    slow.set_read_timeout(Some(IO)).expect("timeout");
     slow.read_to_end(&mut answer).expect("slow answer");
     sent += rest.len() as u64;
 
@@ -208,7 +213,7 @@ fn pod(name: &str, deployment: &str, script: &str) -> PodDef {
 }
 
 fn wait_listening(ip: &str) {
-    let to: SocketAddr = format!("{ip}:{PORT}").parse().unwrap();
+    let to: SocketAddr = format!("{ip}:{PORT}").parse().expect("socket address");
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect_timeout(&to, CONNECT).is_err() {
         assert!(Instant::now() < deadline, "nothing listens on {to}");
@@ -285,10 +290,13 @@ fn traffic_after_removal_after_sigterm_and_after_exit_is_counted_exactly() {
     };
 
     // A slow client: connected and half its request sent before the deletion.
-    let to: SocketAddr = format!("{}:{PORT}", busy.ip).parse().unwrap();
+    let to: SocketAddr = format!("{}:{PORT}", busy.ip)
+        .parse()
+        .expect("socket address");
     let mut slow = TcpStream::connect_timeout(&to, CONNECT).expect("connect");
-    slow.set_read_timeout(Some(IO)).unwrap();
-    slow.write_all(b"GET / HTTP/1.0\r\n").unwrap();
+    slow.set_read_timeout(Some(IO)).expect("timeout");
+    slow.write_all(b"GET / HTTP/1.0\r\n")
+        .expect("half a request");
     std::thread::sleep(Duration::from_millis(500));
 
     const N: u64 = 5;
@@ -311,7 +319,7 @@ fn traffic_after_removal_after_sigterm_and_after_exit_is_counted_exactly() {
             sent += get(&busy.ip, PORT);
         }
         let rest = b"Host: x\r\n\r\n";
-        slow.write_all(rest).unwrap();
+        slow.write_all(rest).expect("the rest");
         let mut answer = Vec::new();
         slow.read_to_end(&mut answer).expect("slow answer");
         assert!(

@@ -327,6 +327,15 @@ mod tests {
     }
 
     #[test]
+    fn a_host_network_pod_is_marked() {
+        let mut pod = pod_json(serde_json::json!({}));
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.host_network = Some(true);
+        }
+        assert!(api_pod(&pod).expect("convert").host_network);
+    }
+
+    #[test]
     fn converts_a_pod() {
         let p = api_pod(&pod_json(serde_json::json!({
             "deletionTimestamp": "2026-11-22T10:00:30Z",
@@ -341,6 +350,7 @@ mod tests {
         assert_eq!(p.effective_grace_seconds(), 10);
         assert_eq!(p.termination_grace_seconds, 20);
         assert_eq!(p.ips, ["10.0.0.7"]);
+        assert!(!p.host_network);
         assert_eq!(p.finalizers, ["example.com/hold"]);
         assert_eq!(p.containers[0].prestop, Some(PreStop::Sleep(5)));
         assert_eq!(

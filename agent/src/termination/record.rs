@@ -307,7 +307,12 @@ impl Records {
                 key.as_str(),
                 Termination {
                     containers: rec.containers.clone(),
-                    timeline: rec.timeline.clone(),
+                    timeline: rec
+                        .timeline
+                        .iter()
+                        .chain(&rec.traffic.timeline)
+                        .cloned()
+                        .collect(),
                     diagnoses: rec.diagnoses.clone(),
                     ..Termination::in_progress(rec.uid.clone())
                 },

@@ -189,3 +189,137 @@ pub fn report(p: &PodTraffic, deletion_ns: Option<u64>, clock: &Clock) -> PodTra
     });
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use agent_ebpf::{TrafficCounters, WatchMarks};
+
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn pod(c: TrafficCounters) -> PodTraffic {
+        PodTraffic {
+            marks: WatchMarks {
+                removal_ns: 10 * S,
+                sigterm_ns: 12 * S,
+                exit_ns: 15 * S,
+                ..WatchMarks::default()
+            },
+            counters: c,
+            established_at_removal: Some(2),
+            ..PodTraffic::default()
+        }
+    }
+
+    #[test]
+    fn counts_become_first_and_last_entries_and_diagnoses() {
+        let none = TrafficCounters::default();
+        let one_conn = TrafficCounters {
+            conns_after_removal: 1,
+            conn_removal_first_ns: 11 * S,
+            conn_removal_last_ns: 11 * S,
+            ..none
+        };
+        let busy = TrafficCounters {
+            conns_after_removal: 4,
+            conn_removal_first_ns: 11 * S,
+            conn_removal_last_ns: 13 * S,
+            conns_after_sigterm: 2,
+            conn_sigterm_first_ns: 12 * S + 1,
+            conn_sigterm_last_ns: 13 * S,
+            bytes_after_removal: 500,
+            data_first_ns: 11 * S,
+            data_last_ns: 13 * S + 500_000_000,
+            keepalive_bytes: 100,
+            keepalive_first_ns: 11 * S,
+            keepalive_last_ns: 11 * S,
+            resets_after_exit: 3,
+            reset_first_ns: 16 * S,
+            reset_last_ns: 17 * S,
+            ..none
+        };
+        // (counts, timeline kinds, diagnosis codes, traffic window)
+        type Case = (
+            TrafficCounters,
+            Vec<&'static str>,
+            Vec<&'static str>,
+            Option<f64>,
+        );
+        let cases: [Case; 3] = [
+            (none, vec![], vec![], None),
+            (
+                one_conn,
+                vec!["connection_after_removal"],
+                vec!["TRAFFIC_AFTER_REMOVAL"],
+                Some(1.0),
+            ),
+            (
+                busy,
+                vec![
+                    "connection_after_removal",
+                    "connection_after_removal",
+                    "data_after_removal",
+                    "data_after_removal",
+                    "connection_after_sigterm",
+                    "connection_after_sigterm",
+                    "reset_after_exit",
+                    "reset_after_exit",
+                ],
+                vec![
+                    "TRAFFIC_AFTER_REMOVAL",
+                    "KEEPALIVE_AFTER_REMOVAL",
+                    "RESETS_AFTER_EXIT",
+                ],
+                Some(3.5),
+            ),
+        ];
+        for (i, (c, whats, codes, window)) in cases.into_iter().enumerate() {
+            let r = report(&pod(c), Some(9 * S), &Clock::with_offset_ns(0));
+            let got: Vec<&str> = r.timeline.iter().map(|e| e.what.as_str()).collect();
+            assert_eq!(got, whats, "case {i}");
+            let got: Vec<&str> = r.diagnoses.iter().map(|d| d.code.as_str()).collect();
+            assert_eq!(got, codes, "case {i}");
+            let f = r.figures.expect("measured");
+            assert_eq!(f.traffic_after_removal_seconds, window, "case {i}");
+            assert_eq!(f.connections_after_removal, c.conns_after_removal);
+            assert_eq!(f.keepalive_connections_at_removal, Some(2));
+        }
+    }
+
+    #[test]
+    fn the_prestop_advice_covers_deletion_to_the_last_traffic() {
+        let c = TrafficCounters {
+            conns_after_removal: 2,
+            conn_removal_first_ns: 11 * S,
+            conn_removal_last_ns: 13 * S + 200_000_000,
+            ..TrafficCounters::default()
+        };
+        let r = report(&pod(c), Some(9 * S), &Clock::with_offset_ns(0));
+        let m = &r.diagnoses[0].message;
+        assert!(
+            m.starts_with("2 new inbound connections and 0 payload bytes"),
+            "{m}"
+        );
+        // Deletion at 9 s, last connection at 13.2 s: 4.2 s, so 5 s.
+        assert!(m.contains("a preStop sleep of 5s"), "{m}");
+        assert!(m.contains("for 3.200s after the removal"), "{m}");
+        assert!(
+            m.contains("SIGTERM came 1.200s before the last of it"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_host_network_pod_says_it_was_not_measured() {
+        let p = PodTraffic {
+            host_network: true,
+            ..PodTraffic::default()
+        };
+        let r = report(&p, Some(S), &Clock::with_offset_ns(0));
+        assert_eq!(r.timeline.len(), 1);
+        assert_eq!(r.timeline[0].what, "traffic_not_measured");
+        assert!(r.timeline[0].detail.contains("hostNetwork"));
+        assert!(r.diagnoses.is_empty() && r.figures.is_none());
+    }
+}

@@ -28,7 +28,7 @@ pub struct PodTraffic {
     /// The pod shares the node's network: not measured.
     pub host_network: bool,
     /// Still watched in the kernel.
-    watched: bool,
+    pub(super) watched: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
