@@ -110,19 +110,20 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     let sk = ctx.arg::<u64>(0);
     let old = ctx.arg::<u64>(1) & 0xffff_ffff;
     let new = ctx.arg::<u64>(2) & 0xffff_ffff;
-    if new == TCP_CLOSE {
-        // A socket seen opening is forgotten when it closes, so a later socket at the
-        // same address cannot inherit its time.
-        let _ = TRAFFIC_SOCKS.remove(&sk);
-        return 0;
-    }
-    if old != TCP_SYN_RECV || new != TCP_ESTABLISHED {
+    let closing = new == TCP_CLOSE;
+    if !closing && (old != TCP_SYN_RECV || new != TCP_ESTABLISHED) {
         return 0;
     }
     let Some(addr) = sock_addr(sk) else { return 0 };
     let Some(marks) = (unsafe { WATCHED_ADDRS.get(&addr) }) else {
         return 0;
     };
+    if closing {
+        // A socket seen opening is forgotten when it closes, so a later socket at the
+        // same address (the memory reused) cannot inherit its time.
+        let _ = TRAFFIC_SOCKS.remove(&sk);
+        return 0;
+    }
     let t = now();
     let _ = TRAFFIC_SOCKS.insert(&sk, &t, 0);
     let Some(c) = TRAFFIC.get_ptr_mut(&addr) else {
