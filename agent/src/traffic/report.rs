@@ -237,7 +237,6 @@ mod tests {
             resets_after_exit: 3,
             reset_first_ns: 16 * S,
             reset_last_ns: 17 * S,
-            ..none
         };
         // (counts, timeline kinds, diagnosis codes, traffic window)
         type Case = (

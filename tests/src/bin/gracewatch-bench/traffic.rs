@@ -1,11 +1,12 @@
-//! 5. Traffic: what the traffic programs cost. wrk against a healthy pod (busybox httpd
-//! in a network namespace of the bench's own) without the programs (A) and with them
-//! loaded and another pod's address watched as terminating (B), interleaved, as a ratio
-//! of requests/s within each round; then the run time per program per run
-//! (`kernel.bpf_stats_enabled=1`) while wrk drives the watched, terminating pod, whose
-//! traffic the programs count. The programs are loaded through the agent's library: their
-//! cost to traffic is all in the kernel (nothing reaches the ring; the agent only reads
-//! the counters of watched pods every 200 ms).
+//! The fifth phase, traffic: what the traffic programs cost. wrk against a healthy pod
+//! (busybox httpd in a network namespace of the bench's own) without the programs (A)
+//! and with them loaded and another pod's address watched as terminating (B),
+//! interleaved, as a ratio of requests/s within each round; then the run time per
+//! program per run (`kernel.bpf_stats_enabled=1`) on that healthy traffic and while wrk
+//! drives the watched, terminating pod, whose traffic the programs count. The programs
+//! are loaded through the agent's library: their cost to traffic is all in the kernel
+//! (nothing reaches the ring; the agent only reads the counters of watched pods every
+//! 200 ms).
 
 use std::{collections::BTreeMap, path::PathBuf, process::Command, time::Duration};
 
