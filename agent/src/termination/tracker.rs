@@ -617,4 +617,90 @@ mod tests {
             term.diagnoses
         );
     }
+
+    fn api_pod(host_network: bool, deleting: bool) -> Arc<crate::kube::ApiPod> {
+        use crate::kube::{model::ApiContainer, ApiContainerKind, ApiPod};
+        Arc::new(ApiPod {
+            uid: "6f1c2d3e-1111-2222-3333-444455556666".into(),
+            namespace: "shop".into(),
+            name: "web-1".into(),
+            workload: "deployment/web".into(),
+            ips: vec!["10.1.0.7".into()],
+            host_network,
+            deletion_timestamp: deleting
+                .then(|| time::OffsetDateTime::from_unix_timestamp(130).expect("time")),
+            deletion_grace_seconds: deleting.then_some(30),
+            termination_grace_seconds: 30,
+            finalizers: vec![],
+            containers: vec![ApiContainer {
+                name: "app".into(),
+                kind: ApiContainerKind::App,
+                prestop: None,
+                stop_signal: None,
+                container_id: Some("a".repeat(64)),
+                terminated: None,
+            }],
+        })
+    }
+
+    /// A pod through deletion, SIGTERM, exit and removal; the completed record.
+    fn pod_lifecycle(host_network: bool) -> (Tracker, Arc<Termination>) {
+        let uid = "6f1c2d3e-1111-2222-3333-444455556666";
+        let mut t = run(&[exec(0, P1, 1, "app")]);
+        let pod = |deleting, at_ns| KubeUpdate::Pod {
+            pod: api_pod(host_network, deleting),
+            at_ns,
+        };
+        t.kube(pod(false, 100 * MS), 100 * MS);
+        assert!(!t.traffic().is_watched(uid), "not before its deletion");
+        t.kube(pod(true, 1000 * MS), 1000 * MS);
+        assert_eq!(t.traffic().is_watched(uid), !host_network);
+        let c = container();
+        t.handle(
+            &c,
+            &signal(1100, P1, 1, "app", 15, RUNC, sig_result::DELIVERED),
+        );
+        t.handle(&c, &exit(1200, P1, 1, "app", 0));
+        if !host_network {
+            let marks = t.traffic().get(uid).expect("watched").marks;
+            assert_eq!((marks.sigterm_ns, marks.exit_ns), (1100 * MS, 1200 * MS));
+        }
+        t.tick(2000 * MS);
+        t.kube(
+            KubeUpdate::PodRemoved {
+                uid: uid.into(),
+                at_ns: 3000 * MS,
+            },
+            3000 * MS,
+        );
+        assert!(!t.traffic().is_watched(uid), "unwatched once gone");
+        let term = last(&mut t, 3100).expect("termination");
+        assert_eq!(term.state, crate::report::State::Completed);
+        (t, term)
+    }
+
+    #[test]
+    fn a_deleted_pods_addresses_are_watched_until_it_is_gone() {
+        let (_, term) = pod_lifecycle(false);
+        assert!(
+            !term
+                .timeline
+                .iter()
+                .any(|e| e.what == "traffic_not_measured"),
+            "{:?}",
+            term.timeline
+        );
+    }
+
+    #[test]
+    fn a_host_network_pods_record_says_its_traffic_was_not_measured() {
+        let (_, term) = pod_lifecycle(true);
+        let e = term
+            .timeline
+            .iter()
+            .find(|e| e.what == "traffic_not_measured")
+            .expect("said in the record");
+        assert!(e.detail.starts_with("hostNetwork pod"), "{}", e.detail);
+        assert!(!term.diagnoses.iter().any(|d| d.code.contains("TRAFFIC")));
+    }
 }
