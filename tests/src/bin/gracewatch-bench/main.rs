@@ -222,7 +222,7 @@ fn bench(options: &Options) -> Result<()> {
     let traffic = idle
         .as_ref()
         .is_some_and(Result::is_ok)
-        .then(|| traffic_phase(options.rounds.min(3)));
+        .then(|| traffic_phase(options.rounds));
 
     drop(stats);
     let restored = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
