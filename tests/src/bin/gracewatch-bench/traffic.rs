@@ -30,6 +30,8 @@ pub struct Traffic {
     pub ratio_median: f64,
     /// program → (runs, ns) while the terminating pod was under load.
     pub programs: BTreeMap<String, (u64, u64)>,
+    /// program → (runs, ns) under healthy traffic with no pod watched.
+    pub unwatched_programs: BTreeMap<String, (u64, u64)>,
     /// program → (runs, ns) under healthy traffic, another pod watched.
     pub healthy_programs: BTreeMap<String, (u64, u64)>,
     pub counted_connections: u64,
@@ -140,6 +142,9 @@ pub fn run(rounds: u32) -> Result<Traffic> {
     drop(no_stats);
     let stats = sys::Sysctl::set("kernel.bpf_stats_enabled", "1")?;
     let (mut probes, _ring) = Probes::load(&LoadOptions::default())?;
+    let before = program_stats(&probes);
+    wrk(&healthy.addr())?;
+    let unwatched_programs = since(program_stats(&probes), &before);
     let addr = watch_terminating(&mut probes, &terminating.addr())?;
     let before = program_stats(&probes);
     wrk(&healthy.addr())?;
@@ -161,6 +166,7 @@ pub fn run(rounds: u32) -> Result<Traffic> {
         ratios,
         programs,
         healthy_programs,
+        unwatched_programs,
         counted_connections: counted,
     })
 }
@@ -177,6 +183,10 @@ pub fn print(t: &Traffic) {
         t.ratios.len()
     );
     for (title, programs) in [
+        (
+            "run time per program run on the healthy pod's traffic, no pod watched:",
+            &t.unwatched_programs,
+        ),
         (
             "run time per program run on the healthy pod's traffic (another pod watched):",
             &t.healthy_programs,
@@ -220,5 +230,6 @@ pub fn json(t: &Traffic) -> Value {
         "counted_connections": t.counted_connections,
         "bpf_programs_terminating_under_load": programs_json(&t.programs),
         "bpf_programs_healthy_traffic": programs_json(&t.healthy_programs),
+        "bpf_programs_nothing_watched": programs_json(&t.unwatched_programs),
     })
 }
