@@ -76,6 +76,34 @@ impl NetNs {
         Ok(())
     }
 
+    /// Adds IPv6 `<prefix>::1/64` on the host end and `<prefix>::2/64` inside (no
+    /// duplicate address detection, so both are usable at once); returns the inside one.
+    pub fn add_ipv6(&self, prefix: &str) -> Result<String> {
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{prefix}::1/64"),
+            "dev",
+            &self.host_if,
+            "nodad",
+        ])?;
+        ip(&[
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{prefix}::2/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        Ok(format!("{prefix}::2"))
+    }
+
     /// The address inside the namespace.
     pub fn addr(&self) -> String {
         format!("{}.2", self.prefix)

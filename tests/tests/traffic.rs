@@ -84,8 +84,12 @@ fn httpd(ns: &mut NetNs, root: &Docroot, port: u16) {
 
 /// One request on a new connection; returns the bytes sent (the payload the server's
 /// kernel receives) once the answer is read.
+fn socket(addr: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(addr.parse().expect("IP address"), port)
+}
+
 fn get(addr: &str, port: u16) -> u64 {
-    let to: SocketAddr = format!("{addr}:{port}").parse().expect("socket address");
+    let to = socket(addr, port);
     let mut s = TcpStream::connect_timeout(&to, CONNECT).expect("connect");
     s.set_read_timeout(Some(IO)).expect("timeout");
     s.set_write_timeout(Some(IO)).expect("timeout");
@@ -103,7 +107,7 @@ fn get(addr: &str, port: u16) -> u64 {
 
 /// A connection attempt that must be refused.
 fn refused(addr: &str, port: u16) {
-    let to: SocketAddr = format!("{addr}:{port}").parse().expect("socket address");
+    let to = socket(addr, port);
     match TcpStream::connect_timeout(&to, CONNECT) {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
         other => panic!("expected a refusal from {to}, got {other:?}"),
@@ -187,6 +191,42 @@ fn the_probes_count_exactly_what_reaches_a_watched_address_and_nothing_else() {
     );
     probes.unwatch_addr(addr).expect("unwatch");
     assert!(probes.traffic(&addr).is_none());
+}
+
+#[test]
+fn ipv6_connections_and_resets_are_counted_at_the_pods_ipv6_address() {
+    root();
+    netns::sweep();
+    let (mut probes, _ring) = Probes::load(&LoadOptions::default()).expect("probes");
+    let docroot = Docroot::new("probes6");
+    let mut pod = NetNs::create("k6", "10.246.3").expect("netns");
+    let v6 = pod.add_ipv6("fd00:246:3").expect("ipv6");
+    const PORT: u16 = 8080;
+    httpd(&mut pod, &docroot, PORT);
+    let addr = addr_of(&v6).expect("address");
+    let v4 = addr_of(&pod.addr()).expect("address");
+    let mut marks = WatchMarks {
+        removal_ns: boot_now_ns(),
+        ..WatchMarks::default()
+    };
+    probes.watch_addr(addr, &marks).expect("watch");
+    const N: u64 = 3;
+    let mut sent = 0;
+    for _ in 0..N {
+        sent += get(&v6, PORT);
+        // The pod's IPv4 address is not watched here: never counted.
+        get(&pod.addr(), PORT);
+    }
+    pod.kill_all();
+    marks.exit_ns = boot_now_ns();
+    probes.watch_addr(addr, &marks).expect("marks");
+    refused(&v6, PORT);
+    refused(&v6, PORT);
+    let c = probes.traffic(&addr).expect("counters");
+    assert_eq!(c.conns_after_removal, N, "{c:?}");
+    assert_eq!(c.bytes_after_removal, sent, "{c:?}");
+    assert_eq!(c.resets_after_exit, 2, "{c:?}");
+    assert!(probes.traffic(&v4).is_none());
 }
 
 const NODE: &str = "node-t";
