@@ -42,6 +42,8 @@ pub struct TrafficWatch {
     pods: HashMap<String, PodTraffic>,
     order: VecDeque<String>,
     ops: Vec<Op>,
+    /// Pods still watched (so the hot path asks in O(1)).
+    watched: usize,
 }
 
 impl TrafficWatch {
@@ -84,6 +86,7 @@ impl TrafficWatch {
             }
             self.ops
                 .extend(p.addrs.iter().map(|a| Op::Watch(*a, p.marks)));
+            self.watched += 1;
         }
         self.pods.insert(uid.to_string(), p);
         self.order.push_back(uid.to_string());
@@ -143,6 +146,7 @@ impl TrafficWatch {
     pub fn gone(&mut self, uid: &str) {
         if let Some(p) = self.pods.get_mut(uid).filter(|p| p.watched) {
             p.watched = false;
+            self.watched -= 1;
             self.ops.extend(p.addrs.iter().map(|a| Op::Unwatch(*a)));
         }
     }
@@ -166,7 +170,7 @@ impl TrafficWatch {
 
     /// Any pod is being watched (its counts are worth reading).
     pub fn watching(&self) -> bool {
-        self.pods.values().any(|p| p.watched)
+        self.watched > 0
     }
 
     /// Applies the queued writes to the kernel maps.
@@ -242,6 +246,7 @@ mod tests {
             Some(&table),
         );
         w.apply(&mut maps);
+        assert!(w.watching() && w.is_watched("u1"));
         assert_eq!(maps.watched.len(), 2);
         assert_eq!(maps.watched[&v4].ports[..2], [80, 0]);
         w.removal("u1", 1_000, Some(&table));
@@ -262,6 +267,7 @@ mod tests {
         w.gone("u1");
         w.apply(&mut maps);
         assert!(maps.watched.is_empty(), "unwatched when the pod is gone");
+        assert!(!w.watching());
         let p = w.take("u1").expect("counts kept for the record");
         assert_eq!(p.counters.conns_after_removal, 3);
         assert!(w.take("u1").is_none());
@@ -273,6 +279,7 @@ mod tests {
         let mut w = TrafficWatch::default();
         let mut maps = FakeMaps::default();
         w.deleting("h", &["192.168.1.10".into()], true, None);
+        assert!(!w.watching());
         w.removal("h", 1, None);
         w.apply(&mut maps);
         assert!(maps.watched.is_empty());
