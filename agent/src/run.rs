@@ -102,7 +102,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Clock::sample(),
         metrics.termination.clone(),
         boot_now_ns(),
-    );
+    )
+    .with_traffic_metrics(metrics.traffic.clone());
     metrics
         .termination
         .set_series_ttl_ns(args.series_ttl_seconds.saturating_mul(1_000_000_000));
@@ -165,7 +166,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 // wait in the ring until the next poll, a watch event does not.
                 let drained = drain(ring.get_mut(), |r| pipeline.handle_record(r));
                 poll.saw(drained.records);
+                pipeline.refresh_traffic(&mut probes);
                 pipeline.tracker().kube(update, boot_now_ns());
+                pipeline.sync_kernel_map(&mut probes);
                 hurry(tick.as_mut(), &mut pipeline);
             }
             _ = &mut tick => {

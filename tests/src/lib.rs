@@ -9,4 +9,5 @@ pub mod apiserver;
 pub mod cri;
 pub mod engines;
 pub mod kubelet;
+pub mod netns;
 pub mod runc;

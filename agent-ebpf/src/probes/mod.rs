@@ -5,6 +5,7 @@ mod cgroup;
 mod exec;
 mod exit;
 mod signal;
+mod traffic;
 
 use agent_ebpf::{Config, EventHeader, EventKind, COMM_LEN, EVENT_KIND_SLOTS, FLAG_TRACE_HOST};
 use aya_ebpf::{
