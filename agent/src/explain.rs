@@ -125,18 +125,30 @@ pub async fn explain(args: ExplainArgs) -> Result<(), ExplainError> {
 async fn answer(args: &ExplainArgs, bounds: Bounds) -> Result<String, ExplainError> {
     let path = endpoint(&args.target)?;
     let (status, body) = fetch(&args.agent, &path, bounds).await?;
-    if args.json {
-        let value: serde_json::Value = serde_json::from_slice(&body)
+    text_of(&body, status, args.json, &args.target)
+}
+
+/// What `explain` prints for the agent's answer `body` (with `status`) about `target`:
+/// the JSON re-indented with control characters escaped, or each termination rendered.
+/// Any bytes at all give text or a clear error.
+pub fn text_of(
+    body: &[u8],
+    status: StatusCode,
+    json: bool,
+    target: &str,
+) -> Result<String, ExplainError> {
+    if json {
+        let value: serde_json::Value = serde_json::from_slice(body)
             .map_err(|source| ExplainError::NotTerminations { status, source })?;
         let text = serde_json::to_string_pretty(&value)
             .map_err(|source| ExplainError::NotTerminations { status, source })?;
         return Ok(format!("{}\n", json_printable(&text)));
     }
-    let parsed: Body = serde_json::from_slice(&body)
+    let parsed: Body = serde_json::from_slice(body)
         .map_err(|source| ExplainError::NotTerminations { status, source })?;
     if parsed.terminations.is_empty() {
         return Err(ExplainError::NotFound {
-            target: args.target.clone(),
+            target: target.to_string(),
             status,
         });
     }
