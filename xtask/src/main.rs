@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | build | test | demo | bench`. One module per task;
+//! Project tasks: `cargo xtask setup | build | test | demo | bench | fuzz`. One module per task;
 //! each is a thin sequence of commands a person could run by hand.
 
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -43,6 +44,12 @@ enum Task {
         #[arg(long, default_value_t = 6)]
         rounds: u32,
     },
+    /// Build the fuzz targets (agent/fuzz) and run each for a bounded time.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,5 +59,9 @@ fn main() -> anyhow::Result<()> {
         Task::Test { unit } => test::run(unit),
         Task::Demo => demo::run(),
         Task::Bench { rounds } => bench::run(rounds),
+        Task::Fuzz { seconds } => {
+            setup::run(false)?;
+            fuzz::run(seconds)
+        }
     }
 }

@@ -1,10 +1,11 @@
 //! `cargo xtask setup`: brings a fresh Debian 12 machine (run as root) to the point where
 //! the whole workspace builds and every test tier runs.
 //!
-//! It owns three things and nothing else: the Debian packages (LLVM 22 for bpf-linker, runc
+//! It owns four things and nothing else: the Debian packages (LLVM 22 for bpf-linker, runc
 //! and a static busybox for real containers, the tools the demo and benchmarks drive), the
-//! nightly `rust-src` component that `-Z build-std=core` needs for the eBPF crate, and
-//! bpf-linker 0.13.0 built against the system LLVM 22.
+//! nightly `rust-src` component that `-Z build-std=core` needs for the eBPF crate,
+//! bpf-linker 0.13.0 built against the system LLVM 22, and cargo-fuzz 0.13.2 for the fuzz
+//! targets.
 //!
 //! Every step checks before it acts, so a second run only reads state and ends in well under
 //! two seconds. Each check prints one line: `ok: ...` when nothing was needed, `installing:
@@ -72,6 +73,7 @@ pub fn run(verbose: bool) -> Result<()> {
     debian_packages(verbose)?;
     nightly_rust_src(verbose)?;
     bpf_linker(verbose)?;
+    cargo_fuzz(verbose)?;
     println!("setup complete");
     Ok(())
 }
@@ -193,17 +195,55 @@ fn nightly_rust_src(verbose: bool) -> Result<()> {
     run_or_bail(&mut add, verbose).with_context(|| install_failed("nightly rust-src"))
 }
 
+/// A tool `cargo install` builds, pinned to one version.
+struct CargoTool {
+    /// The binary's name; `--version` prints "<name> <version>".
+    bin: &'static str,
+    version: &'static str,
+    /// What the install needs beyond `cargo install <bin> --version <v> --locked`.
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    /// Shown while installing.
+    note: &'static str,
+}
+
+const BPF_LINKER: CargoTool = CargoTool {
+    bin: "bpf-linker",
+    version: BPF_LINKER_VERSION,
+    args: &["--no-default-features", "--features", "llvm-22"],
+    env: &[("LLVM_PREFIX", LLVM_PREFIX)],
+    note: "against /usr/lib/llvm-22",
+};
+
+/// Runs the fuzz targets (`cargo xtask fuzz`, and the bounded run in `cargo xtask test`).
+const CARGO_FUZZ: CargoTool = CargoTool {
+    bin: "cargo-fuzz",
+    version: "0.13.2",
+    args: &[],
+    env: &[],
+    note: "for the fuzz targets",
+};
+
 fn bpf_linker(verbose: bool) -> Result<()> {
-    let cargo_bin = cargo_home().map(|home| home.join("bin").join("bpf-linker"));
-    let on_path = bpf_linker_version(Path::new("bpf-linker"));
-    if on_path.as_deref() == Some(BPF_LINKER_VERSION) {
-        println!("ok: bpf-linker {BPF_LINKER_VERSION} present");
+    cargo_tool(&BPF_LINKER, verbose)
+}
+
+fn cargo_fuzz(verbose: bool) -> Result<()> {
+    cargo_tool(&CARGO_FUZZ, verbose)
+}
+
+fn cargo_tool(tool: &CargoTool, verbose: bool) -> Result<()> {
+    let CargoTool { bin, version, .. } = *tool;
+    let cargo_bin = cargo_home().map(|home| home.join("bin").join(bin));
+    let on_path = tool_version(Path::new(bin));
+    if on_path.as_deref() == Some(version) {
+        println!("ok: {bin} {version} present");
         return Ok(());
     }
     if let Some(path) = &cargo_bin {
-        if bpf_linker_version(path).as_deref() == Some(BPF_LINKER_VERSION) {
+        if tool_version(path).as_deref() == Some(version) {
             println!(
-                "ok: bpf-linker {BPF_LINKER_VERSION} present at {} (add {} to PATH)",
+                "ok: {bin} {version} present at {} (add {} to PATH)",
                 path.display(),
                 path.parent()
                     .map_or_else(String::new, |dir| dir.display().to_string()),
@@ -214,37 +254,30 @@ fn bpf_linker(verbose: bool) -> Result<()> {
 
     let found = on_path.map_or_else(|| "none found".to_owned(), |v| format!("found {v}"));
     println!(
-        "installing: bpf-linker {BPF_LINKER_VERSION} against {LLVM_PREFIX} ({found}; this takes a few minutes)"
+        "installing: {bin} {version} {} ({found}; this takes a few minutes)",
+        tool.note
     );
     let mut install = Command::new("cargo");
-    install.env("LLVM_PREFIX", LLVM_PREFIX).args([
-        "install",
-        "bpf-linker",
-        "--version",
-        BPF_LINKER_VERSION,
-        "--locked",
-        "--no-default-features",
-        "--features",
-        "llvm-22",
-    ]);
+    install
+        .envs(tool.env.iter().copied())
+        .args(["install", bin, "--version", version, "--locked"])
+        .args(tool.args);
     run_or_bail(&mut install, verbose)
-        .with_context(|| install_failed(&format!("bpf-linker {BPF_LINKER_VERSION}")))?;
+        .with_context(|| install_failed(&format!("{bin} {version}")))?;
 
-    let installed = cargo_bin.as_deref().and_then(bpf_linker_version);
-    if installed.as_deref() != Some(BPF_LINKER_VERSION) {
-        bail!(
-            "cargo install finished but bpf-linker --version does not print {BPF_LINKER_VERSION}"
-        );
+    let installed = cargo_bin.as_deref().and_then(tool_version);
+    if installed.as_deref() != Some(version) {
+        bail!("cargo install finished but {bin} --version does not print {version}");
     }
-    if bpf_linker_version(Path::new("bpf-linker")).as_deref() != Some(BPF_LINKER_VERSION) {
-        println!("note: another bpf-linker comes first on PATH; put ~/.cargo/bin before it");
+    if tool_version(Path::new(bin)).as_deref() != Some(version) {
+        println!("note: another {bin} comes first on PATH; put ~/.cargo/bin before it");
     }
     Ok(())
 }
 
-/// The version `bpf-linker --version` prints ("bpf-linker 0.13.0"), or None when the binary
+/// The version `<tool> --version` prints ("bpf-linker 0.13.0"), or None when the binary
 /// is absent or says something else.
-fn bpf_linker_version(program: &Path) -> Option<String> {
+fn tool_version(program: &Path) -> Option<String> {
     let output = Command::new(program)
         .arg("--version")
         .stdin(Stdio::null())

@@ -1,9 +1,12 @@
 //! `cargo xtask test`: every tier, in order, stopping at the first failure: format and
 //! lints; unit tests (no root); root tests (real BPF programs, real runc containers, the
-//! agent binary as users run it); the Prometheus rules' own tests. `--unit` runs only
-//! what needs no root: format, lints and the unit tests.
+//! agent binary as users run it); the Prometheus rules' own tests; a bounded fuzz run.
+//! `--unit` runs only what needs no root: format, lints and the unit tests.
 
 use crate::{setup, util};
+
+/// Seconds each fuzz target runs in the test tier; `cargo xtask fuzz` runs longer.
+const FUZZ_SECONDS: u32 = 15;
 
 pub fn run(unit_only: bool) -> anyhow::Result<()> {
     setup::run(false)?;
@@ -36,6 +39,8 @@ pub fn run(unit_only: bool) -> anyhow::Result<()> {
         "promtool",
         &["test", "rules", "deploy/prometheus/rules_test.yaml"],
     )?;
+    // Bounded fuzzing of what the agent reads from outside (see `cargo xtask fuzz`).
+    crate::fuzz::run(FUZZ_SECONDS)?;
     eprintln!("all test tiers passed");
     Ok(())
 }

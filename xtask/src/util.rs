@@ -16,10 +16,15 @@ pub fn root() -> PathBuf {
 
 /// Runs a command in the workspace root, inheriting stdio; fails if it fails.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    run_in(&root(), program, args)
+}
+
+/// Runs a command in `dir`, inheriting stdio; fails if it fails.
+pub fn run_in(dir: &std::path::Path, program: &str, args: &[&str]) -> anyhow::Result<()> {
     eprintln!("+ {program} {}", args.join(" "));
     let status = Command::new(program)
         .args(args)
-        .current_dir(root())
+        .current_dir(dir)
         .status()
         .with_context(|| format!("cannot run {program}"))?;
     if !status.success() {
