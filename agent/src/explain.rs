@@ -251,7 +251,21 @@ pub fn render(t: &Termination) -> String {
         .grace_period_seconds
         .map(|g| format!(", grace period {g}s"))
         .unwrap_or_default();
-    let _ = writeln!(out, "Termination of {who} ({state}{grace})");
+    match p(&t.restarted_container) {
+        Some(c) => {
+            let count = t
+                .restart_count
+                .map(|n| format!(", restartCount {n}"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "Container {c} of {who} ended ({state}{count})");
+        }
+        None => {
+            let _ = writeln!(out, "Termination of {who} ({state}{grace})");
+        }
+    }
+    if let Some(cause) = p(&t.cause) {
+        let _ = writeln!(out, "  cause    {cause}");
+    }
     let _ = writeln!(
         out,
         "  started  {}\n  finished {}",
@@ -438,6 +452,9 @@ mod tests {
                 container: Some("0123456789ab".into()),
                 message: message.into(),
             }],
+            cause: None,
+            restarted_container: None,
+            restart_count: None,
         }
     }
 

@@ -24,11 +24,13 @@ use super::model::{api_pod, to_datetime, ApiPod};
 use crate::{clock::boot_now_ns, metrics::KubeMetrics};
 
 /// kubelet Event reasons that belong on a termination timeline.
-pub const KUBELET_REASONS: [&str; 4] = [
+pub const KUBELET_REASONS: [&str; 6] = [
     "Killing",
     "FailedPreStopHook",
     "FailedKillPod",
     "ExceededGracePeriod",
+    "Unhealthy",
+    "BackOff",
 ];
 /// How long a deleted pod's Events are still watched (late events).
 const EVENTS_LINGER: Duration = Duration::from_secs(30);
@@ -59,12 +61,42 @@ pub enum KubeUpdate {
     /// A kubelet Event about one of this node's pods.
     KubeletEvent {
         pod_uid: String,
+        /// The container it is about (`involvedObject.fieldPath`), if any.
+        container: Option<String>,
         reason: String,
         message: String,
         /// The event's own time (API clock, as precise as the server stores it).
         time: Option<OffsetDateTime>,
+        /// It was there when the watch started (listed), not seen as it happened.
+        listed: bool,
         at_ns: u64,
     },
+    /// What the pod's owners say about why it was deleted.
+    Owner {
+        pod_uid: String,
+        verdict: super::node::OwnerVerdict,
+    },
+}
+
+/// The container an Event's `fieldPath` names (`spec.containers{app}`).
+pub fn field_path_container(path: &str) -> Option<String> {
+    let rest = path
+        .strip_prefix("spec.containers{")
+        .or_else(|| path.strip_prefix("spec.initContainers{"))?;
+    rest.strip_suffix('}').map(str::to_string)
+}
+
+/// Signs that a pod's containers are being restarted: its kubelet Events are watched
+/// from then on (probe failures, kills, back-off), as they are while it terminates.
+pub fn restarting(pod: &ApiPod) -> bool {
+    pod.containers.iter().any(|c| {
+        c.restart_count > 0
+            || c.last_terminated.is_some()
+            || c.terminated.is_some()
+            || c.waiting
+                .as_ref()
+                .is_some_and(|(r, _)| r != "ContainerCreating")
+    })
 }
 
 /// Log filter directives for the Kubernetes libraries: a failing watch is logged once,
@@ -81,6 +113,7 @@ pub fn spawn(
 ) -> Vec<JoinHandle<()>> {
     let known = Arc::new(RwLock::new(HashSet::new()));
     let watch = Watch {
+        owners: Arc::new(super::owners::Owners::new(client.clone(), metrics.clone())),
         client,
         tx,
         metrics,
@@ -96,6 +129,7 @@ pub fn spawn(
 #[derive(Clone)]
 struct Watch {
     client: Client,
+    owners: Arc<super::owners::Owners>,
     tx: mpsc::Sender<KubeUpdate>,
     metrics: Arc<KubeMetrics>,
     retry: RetryPolicy,
@@ -210,8 +244,10 @@ async fn pods(watch: Watch, node: String, known: Arc<RwLock<HashSet<String>>>) {
         tx,
         metrics,
         retry: policy,
+        ..
     } = watch.clone();
     let api: Api<Pod> = Api::all(client.clone());
+    let mut explained: HashSet<String> = HashSet::new();
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut stream = watcher(api, cfg).boxed();
     let mut retry = Retry::new("pods", policy);
@@ -233,9 +269,30 @@ async fn pods(watch: Watch, node: String, known: Arc<RwLock<HashSet<String>>>) {
                     if let Ok(mut k) = known.write() {
                         k.insert(info.uid.clone());
                     }
-                    if info.deletion_timestamp.is_some() && !events.contains_key(&info.uid) {
+                    let watch_events = info.deletion_timestamp.is_some() || restarting(&info);
+                    if watch_events && !events.contains_key(&info.uid) {
                         let h = tokio::spawn(kubelet_events(watch.clone(), info.uid.clone()));
                         events.insert(info.uid.clone(), h);
+                    }
+                    // Why its owner deleted it: read once, on the deletion.
+                    if info.deletion_timestamp.is_some()
+                        && super::owners::worth_asking(&info)
+                        && explained.insert(info.uid.clone())
+                    {
+                        if explained.len() > 4096 {
+                            explained.clear();
+                        }
+                        let (owners, tx, pod) = (watch.owners.clone(), tx.clone(), info.clone());
+                        tokio::spawn(async move {
+                            if let Some(verdict) = owners.explain(&pod).await {
+                                let _ = tx
+                                    .send(KubeUpdate::Owner {
+                                        pod_uid: pod.uid.clone(),
+                                        verdict,
+                                    })
+                                    .await;
+                            }
+                        });
                     }
                     KubeUpdate::Pod {
                         pod: Arc::new(info),
@@ -304,6 +361,7 @@ async fn kubelet_events(watch: Watch, uid: String) {
         tx,
         metrics,
         retry: policy,
+        ..
     } = watch;
     let api: Api<Event> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("involvedObject.uid={uid}"));
@@ -312,8 +370,9 @@ async fn kubelet_events(watch: Watch, uid: String) {
     let mut seen: HashSet<(String, i32)> = HashSet::new();
     while let Some(item) = stream.next().await {
         retry.saw(&item);
-        let ev = match item {
-            Ok(watcher::Event::InitApply(e) | watcher::Event::Apply(e)) => e,
+        let (ev, listed) = match item {
+            Ok(watcher::Event::InitApply(e)) => (e, true),
+            Ok(watcher::Event::Apply(e)) => (e, false),
             Ok(_) => continue,
             Err(e) => {
                 retry.back_off(&metrics, &e).await;
@@ -340,11 +399,23 @@ async fn kubelet_events(watch: Watch, uid: String) {
             .or(ev.first_timestamp.as_ref().map(|t| t.0))
             .as_ref()
             .and_then(to_datetime);
+        let count = ev.count.unwrap_or(1);
+        let message = ev.message.unwrap_or_default();
         let update = KubeUpdate::KubeletEvent {
             pod_uid: uid.clone(),
+            container: ev
+                .involved_object
+                .field_path
+                .as_deref()
+                .and_then(field_path_container),
             reason,
-            message: ev.message.unwrap_or_default(),
+            message: if count > 1 {
+                format!("{message} (x{count})")
+            } else {
+                message
+            },
             time,
+            listed,
             at_ns: boot_now_ns(),
         };
         if tx.send(update).await.is_err() {
@@ -361,6 +432,7 @@ async fn endpoint_slices(watch: Watch, node: String, known: Arc<RwLock<HashSet<S
         tx,
         metrics,
         retry: policy,
+        ..
     } = watch;
     let api: Api<EndpointSlice> = Api::all(client);
     let mut stream = watcher(api, watcher::Config::default()).boxed();
@@ -703,8 +775,13 @@ mod failing_api_server {
         let metrics = Arc::new(crate::metrics::Metrics::new("test"));
         let (tx, _rx) = mpsc::channel(16);
         // The default schedule scaled down 10×: 100 ms doubling to 800 ms.
+        let client = Client::try_from(config).expect("client");
         let watch = Watch {
-            client: Client::try_from(config).expect("client"),
+            owners: Arc::new(crate::kube::owners::Owners::new(
+                client.clone(),
+                metrics.kube.clone(),
+            )),
+            client,
             tx,
             metrics: metrics.kube.clone(),
             retry: RetryPolicy {

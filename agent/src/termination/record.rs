@@ -10,6 +10,7 @@ use std::{
 };
 
 use super::{
+    causes::{self, RestartHistory, RestartSeen},
     classify::{self, Outcome},
     container::ContainerTrack,
     pod_classify::pod_diagnoses,
@@ -24,7 +25,24 @@ use crate::{
 
 /// How long a signalled record of a pod not (yet) seen deleting waits for the deletion.
 pub(super) const DELETION_WAIT_NS: u64 = 3_000_000_000;
+/// How long a container run's record waits, once the pod's status shows its end, for
+/// kubelet's Events about it (probe failures, the kill, back-off) to arrive.
+pub(super) const EVENTS_SETTLE_NS: u64 = 1_500_000_000;
+/// How long it waits at most after the run's end for the status to show it.
+pub(super) const RESTART_WAIT_NS: u64 = 10_000_000_000;
+/// How far back a run's record looks for kubelet's Events about it (probe failures).
+const RUN_LOOKBACK_NS: u64 = 300_000_000_000;
 
+/// The run of one container that ended while its pod lived on.
+#[derive(Clone, Debug)]
+struct Run {
+    container: String,
+    container_id: String,
+    outcome: Outcome,
+    exit_code: Option<u8>,
+    exit_how: String,
+    sigterm_to_exit_ns: Option<u64>,
+}
 #[derive(Default)]
 struct OpenRecord {
     uid: Option<String>,
@@ -38,11 +56,20 @@ struct OpenRecord {
     timeline: Vec<TimelineEntry>,
     diagnoses: Vec<DiagnosisEntry>,
     workload: Workload,
+    /// Set for a container run's own record (a restart), not a pod's termination.
+    run: Option<Run>,
 }
 
 pub(super) struct Records {
     open: HashMap<String, OpenRecord>,
     completed: VecDeque<Arc<Termination>>,
+    /// Completed since the last [`Records::take_new`] (for Events), bounded.
+    new: Vec<Arc<Termination>>,
+    /// Each container's recent restarts (crash loops).
+    history: RestartHistory,
+    /// Each container's last run end that got a record, so the next run's record
+    /// starts after it.
+    last_run_end: HashMap<(String, String), u64>,
     /// Completed records dropped from the bounded history.
     evicted: usize,
     cap: usize,
@@ -79,6 +106,25 @@ pub(super) enum Hold {
     /// Signalled, but the pod's deletion has not been seen yet: a slow watch may still
     /// deliver it, and the record must not split in two.
     AwaitingDeletion,
+    /// A container run's record waits for the status and Events about its restart.
+    RestartPending,
+}
+
+/// Whether a container run's record (a restart) can complete: once the pod's status
+/// showed the run's end (`ended_seen`) and Events had time to arrive, or after
+/// [`RESTART_WAIT_NS`] without it, or at once when the pod is gone.
+pub(super) fn run_completion(
+    ended_seen: Option<u64>,
+    removed: bool,
+    finished_ns: Option<u64>,
+    now_ns: u64,
+) -> Option<Hold> {
+    if removed {
+        return None;
+    }
+    let settled = ended_seen.is_some_and(|t| now_ns >= t.saturating_add(EVENTS_SETTLE_NS));
+    let waited = finished_ns.is_none_or(|f| now_ns >= f.saturating_add(RESTART_WAIT_NS));
+    (!settled && !waited).then_some(Hold::RestartPending)
 }
 
 /// Whether a record can complete now. `pod`: its pod's (deletion seen, removed) state,
@@ -173,9 +219,17 @@ impl Records {
         Self {
             open: HashMap::new(),
             completed: VecDeque::new(),
+            new: Vec::new(),
+            history: RestartHistory::default(),
+            last_run_end: HashMap::new(),
             evicted: 0,
             cap: cap.max(1),
         }
+    }
+
+    /// Records completed since the last call, oldest first.
+    pub(super) fn take_new(&mut self) -> Vec<Arc<Termination>> {
+        std::mem::take(&mut self.new)
     }
 
     pub(super) fn completed(&self) -> impl Iterator<Item = &Arc<Termination>> {
@@ -183,8 +237,32 @@ impl Records {
     }
 
     /// Opens the record of a pod whose deletion was observed.
+    /// Runs of its containers that were signalled and are still open were the start of
+    /// this termination (the deletion was seen late): they join its record.
     pub(super) fn open_pod(&mut self, pod: &ApiPodState) {
-        let rec = self.open.entry(pod.pod.uid.clone()).or_default();
+        let uid = pod.pod.uid.clone();
+        let early: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, r)| r.run.is_some() && r.signalled && r.uid.as_deref() == Some(&uid))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut merged: Vec<OpenRecord> =
+            early.iter().filter_map(|k| self.open.remove(k)).collect();
+        let rec = self.open.entry(uid).or_default();
+        for m in merged.drain(..) {
+            rec.started_ns = match (rec.started_ns, m.started_ns) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            rec.finished_ns = rec.finished_ns.max(m.finished_ns);
+            rec.signalled = true;
+            rec.outcomes.extend(m.outcomes);
+            rec.containers.extend(m.containers);
+            rec.members.extend(m.members);
+            rec.timeline.extend(m.timeline);
+            rec.diagnoses.extend(m.diagnoses);
+        }
         rec.uid = Some(pod.pod.uid.clone());
         rec.started_ns = pod.deletion_ns.or(rec.started_ns);
         rec.workload = Workload::new(&pod.pod.namespace, &pod.pod.workload);
@@ -192,16 +270,20 @@ impl Records {
 
     /// Classifies a container that is done, exports its metrics and files it in its
     /// pod's record.
+    /// `key`: the record it goes to (`join::record_key_in`); `run`: that record is the
+    /// container run's own (its pod is not being deleted).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn finalize(
         &mut self,
         mut c: ContainerTrack,
+        key: String,
+        run: bool,
         pod: Option<&ApiPodState>,
         metrics: &TerminationMetrics,
         clock: &Clock,
         now_ns: u64,
     ) {
         c.facts.partial |= pod.is_some_and(|p| p.deleted_before_agent);
-        let key = join::record_key(&c.container);
         if pod.is_some() && c.sandbox {
             // The sandbox is SIGKILLed by the runtime once the containers are gone: part
             // of the story, not an outcome.
@@ -239,6 +321,22 @@ impl Records {
             || c.facts.external_sigkill.is_some()
             || c.facts.kernel_sigkill.is_some();
         rec.outcomes.push(outcome);
+        if run {
+            let container_report = report(&c, Some(outcome));
+            rec.run = Some(Run {
+                container: c.display_name(),
+                container_id: c.container.cgroup.container_id.clone(),
+                outcome,
+                exit_code: container_report.exit_code,
+                exit_how: match (&container_report.exit_code, &container_report.exit_signal) {
+                    (Some(code), _) => format!("exit code {code}"),
+                    (None, Some(sig)) if outcome == Outcome::OomKilled => format!("{sig} (OOM)"),
+                    (None, Some(sig)) => sig.clone(),
+                    _ => "exit not seen".into(),
+                },
+                sigterm_to_exit_ns: c.facts.sigterm_to_exit_ns(),
+            });
+        }
         rec.containers.push(report(&c, Some(outcome)));
         rec.members.push(m);
         rec.timeline.extend(timeline_of(&c, clock));
@@ -267,22 +365,36 @@ impl Records {
             return false;
         };
         let pod_state = pod.map(|p| (p.deletion_ns.is_some(), p.removed_ns.is_some()));
-        if completion(
-            others_pending,
-            pod_state,
-            rec.signalled,
-            rec.finished_ns,
-            now_ns,
-        )
-        .is_some()
-        {
+        let hold = match (&rec.run, pod) {
+            (Some(run), Some(p)) => run_completion(
+                p.ended_seen_ns(&run.container_id),
+                p.removed_ns.is_some(),
+                rec.finished_ns,
+                now_ns,
+            ),
+            _ => completion(
+                others_pending,
+                pod_state,
+                rec.signalled,
+                rec.finished_ns,
+                now_ns,
+            ),
+        };
+        if hold.is_some() {
             return false;
         }
         let Some(rec) = self.open.remove(key) else {
             return false;
         };
-        let t = complete(rec, pod, metrics, clock);
-        self.completed.push_back(Arc::new(t));
+        let t = match (&rec.run, pod) {
+            (Some(_), Some(p)) => self.complete_run(rec, p, metrics, clock, now_ns),
+            _ => complete(rec, pod, metrics, clock),
+        };
+        let t = Arc::new(t);
+        if self.new.len() < 1024 {
+            self.new.push(t.clone());
+        }
+        self.completed.push_back(t);
         while self.completed.len() > self.cap {
             self.completed.pop_front();
             self.evicted += 1;
@@ -299,6 +411,7 @@ impl Records {
                     containers: rec.containers.clone(),
                     timeline: rec.timeline.clone(),
                     diagnoses: rec.diagnoses.clone(),
+                    restarted_container: rec.run.as_ref().map(|r| r.container.clone()),
                     ..Termination::in_progress(rec.uid.clone())
                 },
             )
@@ -311,6 +424,123 @@ impl Records {
 
     pub(super) fn open_started(&self, key: &str) -> Option<u64> {
         self.open.get(key).and_then(|r| r.started_ns)
+    }
+
+    /// A container run's record made final: the API's entries about the container since
+    /// its previous run, its cause, its restart count, LIVENESS_KILLED and CRASH_LOOP.
+    fn complete_run(
+        &mut self,
+        mut rec: OpenRecord,
+        pod: &ApiPodState,
+        metrics: &TerminationMetrics,
+        clock: &Clock,
+        now_ns: u64,
+    ) -> Termination {
+        let Some(run) = rec.run.take() else {
+            return complete(rec, Some(pod), metrics, clock);
+        };
+        let started = rec.started_ns.unwrap_or(0);
+        let finished = rec.finished_ns.unwrap_or(started);
+        let key = (pod.pod.uid.clone(), run.container.clone());
+        let from = self
+            .last_run_end
+            .get(&key)
+            .map(|t| t.saturating_add(1))
+            .unwrap_or(0)
+            .max(started.saturating_sub(RUN_LOOKBACK_NS));
+        if self.last_run_end.len() >= 4096 {
+            self.last_run_end.clear();
+        }
+        self.last_run_end.insert(key, finished);
+        let entries: Vec<&TimelineEntry> =
+            pod.timeline_between(from, now_ns, &run.container).collect();
+        let api_container = pod.pod.container(&run.container);
+        let api_reason = api_container
+            .and_then(|c| {
+                [&c.last_terminated, &c.terminated]
+                    .into_iter()
+                    .flatten()
+                    .find(|t| t.container_id.as_deref() == Some(&run.container_id))
+            })
+            .and_then(|t| t.reason.clone());
+        let cause = causes::container_cause(
+            &entries,
+            &run.container,
+            run.outcome,
+            run.exit_code,
+            api_reason.as_deref(),
+        );
+        let mut timeline: Vec<TimelineEntry> = entries.iter().map(|e| (*e).clone()).collect();
+        timeline.push(cause_entry(&cause, Some(&run.container), finished, clock));
+        if let Some(d) = causes::liveness_diagnosis(
+            &entries,
+            &run.container,
+            run.outcome,
+            run.sigterm_to_exit_ns,
+        ) {
+            rec.diagnoses.push(DiagnosisEntry {
+                code: d.code.as_str().into(),
+                container: Some(run.container.clone()),
+                message: d.message,
+            });
+        }
+        let restarted = api_container.is_some_and(|c| {
+            c.container_id.as_deref() != Some(&run.container_id) || c.waiting.is_some()
+        });
+        if restarted {
+            let recent = self.history.note(
+                &pod.pod.uid,
+                &run.container,
+                RestartSeen {
+                    exit_ns: finished,
+                    how: run.exit_how.clone(),
+                },
+            );
+            let back_off = api_container
+                .and_then(|c| c.waiting.as_ref())
+                .and_then(|(_, m)| causes::back_off(m));
+            if let Some(d) = causes::crash_loop_diagnosis(&run.container, &recent, back_off) {
+                rec.diagnoses.push(DiagnosisEntry {
+                    code: d.code.as_str().into(),
+                    container: Some(run.container.clone()),
+                    message: d.message,
+                });
+            }
+        }
+        metrics.container_restarted(&rec.workload, &run.container, cause.cause);
+        rec.timeline.extend(timeline);
+        rec.timeline.sort_by_key(|e| e.at_ns);
+        Termination {
+            namespace: Some(pod.pod.namespace.clone()),
+            pod: Some(pod.pod.name.clone()),
+            uid: rec.uid,
+            state: State::Completed,
+            started_at: Some(clock.rfc3339(started)),
+            finished_at: Some(clock.rfc3339(finished)),
+            grace_period_seconds: Some(pod.pod.effective_grace_seconds() as f64),
+            containers: rec.containers,
+            timeline: rec.timeline,
+            diagnoses: rec.diagnoses,
+            cause: Some(cause.cause.to_string()),
+            restarted_container: Some(run.container),
+            restart_count: api_container.map(|c| c.restart_count),
+        }
+    }
+}
+
+/// The timeline entry that gives a record's cause and its evidence.
+fn cause_entry(
+    cause: &causes::Cause,
+    container: Option<&str>,
+    at_ns: u64,
+    clock: &Clock,
+) -> TimelineEntry {
+    TimelineEntry {
+        at: clock.rfc3339(at_ns),
+        what: "cause".into(),
+        container: container.map(str::to_string),
+        detail: format!("cause {}: {}", cause.cause, cause.evidence),
+        at_ns,
     }
 }
 
@@ -328,6 +558,16 @@ fn complete(
         .or(rec.started_ns);
     let finished = rec.finished_ns.or(pod.and_then(|p| p.removed_ns));
     let measured = rec.signalled || joined.as_ref().is_some_and(|j| j.deletion_ns.is_some());
+    let cause = pod.map(|p| causes::pod_cause(Some(p), &rec.outcomes));
+    if let Some(c) = &cause {
+        metrics.pod_terminated(&rec.workload, c.cause, worst(&rec.outcomes).as_str());
+        rec.timeline.push(cause_entry(
+            c,
+            None,
+            started.or(rec.started_ns).unwrap_or(0),
+            clock,
+        ));
+    }
     metrics.pod_ended(
         &rec.workload,
         &PodEnd {
@@ -375,6 +615,9 @@ fn complete(
         containers: rec.containers,
         timeline: rec.timeline,
         diagnoses: rec.diagnoses,
+        cause: cause.map(|c| c.cause.to_string()),
+        restarted_container: None,
+        restart_count: None,
     }
 }
 

@@ -195,6 +195,11 @@ impl Tracker {
             .filter(|c| c.container.cgroup.pod_uid.as_deref() == Some(uid))
         {
             let placement = join::place(view, &c.container);
+            // A named container never becomes the sandbox: when the status has moved
+            // on past its id (a restart), it is still the container it was.
+            if placement.sandbox && c.name.is_some() && !c.sandbox {
+                continue;
+            }
             c.replace(placement);
         }
     }
@@ -204,10 +209,12 @@ impl Tracker {
             .containers
             .values()
             .any(|o| o.terminating_since.is_some() && join::record_key(&o.container) == key);
+        // A container run's record is keyed `<pod uid>/<container id>`.
+        let uid = key.split('/').next().unwrap_or_default();
         if self.records.try_complete(
             key,
             others_pending,
-            self.view.get(key),
+            self.view.get(uid),
             now_ns,
             &self.metrics,
             &self.clock,
@@ -252,9 +259,15 @@ impl Tracker {
             }
             c.check_orphans();
             c.check_started_before(self.started_ns, self.opts.max_grace_ns, &self.clock);
-            let key = join::record_key(&c.container);
+            let (key, run) = join::record_key_in(&self.view, &c.container, c.sandbox);
+            let pod = c
+                .container
+                .cgroup
+                .pod_uid
+                .as_deref()
+                .and_then(|u| self.view.get(u));
             self.records
-                .finalize(c, self.view.get(&key), &self.metrics, &self.clock, now_ns);
+                .finalize(c, key.clone(), run, pod, &self.metrics, &self.clock, now_ns);
             self.try_complete(&key, now_ns);
             self.dirty = true;
         }
@@ -286,6 +299,11 @@ impl Tracker {
             self.opts.stuck_margin_ns,
         ));
         Some(Arc::new(Snapshot { terminations }))
+    }
+
+    /// Records completed since the last call (for the Events about them).
+    pub fn take_completed(&mut self) -> Vec<Arc<Termination>> {
+        self.records.take_new()
     }
 
     /// Containers currently tracked (tests, debugging).
