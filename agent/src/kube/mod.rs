@@ -4,6 +4,7 @@
 //! read on demand to say why a pod was deleted (`owners`), and the Events the agent
 //! writes about its diagnoses (`events`).
 
+pub mod events;
 pub mod model;
 pub mod node;
 pub mod owners;

@@ -49,6 +49,8 @@ pub struct ApiPodState {
     /// Container ids (or names, for a status without ids) whose end the status has
     /// shown, with when it was first seen (boot clock).
     terminated_seen: HashMap<String, u64>,
+    /// Container id → the `restartCount` the status showed while that run was current.
+    run_restart_counts: HashMap<String, i32>,
     /// Per container, the waiting reason and restart count last put on the timeline.
     waiting_seen: HashMap<String, String>,
     /// Why the pod's owner stopped it, once read (see `owners`).
@@ -75,8 +77,17 @@ impl ApiPodState {
             timeline: VecDeque::new(),
             terminated_seen: HashMap::new(),
             waiting_seen: HashMap::new(),
+            run_restart_counts: HashMap::new(),
             owner_verdict: None,
         }
+    }
+
+    /// The container's `restartCount` after run `id`: what the status showed while the
+    /// run was current, one more once kubelet has started the next run (`restarted`).
+    pub fn restart_count_after(&self, id: &str, restarted: bool) -> Option<i32> {
+        self.run_restart_counts
+            .get(id)
+            .map(|n| n + i32::from(restarted))
     }
 
     /// When the API's status first showed container run `id` ended (its own state
@@ -343,6 +354,9 @@ impl NodeView {
             .or_insert_with(|| ApiPodState::new(pod.clone()));
         p.pod = pod.clone();
         for c in &pod.containers {
+            if let Some(id) = &c.container_id {
+                p.run_restart_counts.insert(id.clone(), c.restart_count);
+            }
             let runs = [(&c.terminated, false), (&c.last_terminated, true)];
             for (t, restarted) in runs {
                 let Some(t) = t else { continue };
@@ -407,6 +421,9 @@ impl NodeView {
         let named: HashSet<String> = pod.container_ids().map(|(id, _)| id.to_string()).collect();
         if p.terminated_seen.len() > 64 {
             p.terminated_seen.retain(|k, _| named.contains(k));
+        }
+        if p.run_restart_counts.len() > 64 {
+            p.run_restart_counts.retain(|k, _| named.contains(k));
         }
         let (Some(deadline), None) = (pod.deletion_timestamp, p.deletion_ns) else {
             return PodChange::Updated(uid);

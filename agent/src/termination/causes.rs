@@ -264,7 +264,7 @@ pub fn crash_loop_diagnosis(
         .map(|r| r.how.as_str())
         .collect();
     let back_off = match back_off {
-        Some(b) => format!("kubelet's current back-off before the next start: {b}"),
+        Some(b) => format!("kubelet's back-off between restarts is now {b}"),
         None => "kubelet's back-off grows from 10s, doubling up to 5m".to_string(),
     };
     Some(Diagnosis {

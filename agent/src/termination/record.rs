@@ -498,7 +498,15 @@ impl Records {
             );
             let back_off = api_container
                 .and_then(|c| c.waiting.as_ref())
-                .and_then(|(_, m)| causes::back_off(m));
+                .and_then(|(_, m)| causes::back_off(m))
+                .or_else(|| {
+                    // Running again: the back-off it waited before this start.
+                    entries
+                        .iter()
+                        .rev()
+                        .filter(|e| e.what == "waiting_status")
+                        .find_map(|e| causes::back_off(&e.detail))
+                });
             if let Some(d) = causes::crash_loop_diagnosis(&run.container, &recent, back_off) {
                 rec.diagnoses.push(DiagnosisEntry {
                     code: d.code.as_str().into(),
@@ -523,7 +531,9 @@ impl Records {
             diagnoses: rec.diagnoses,
             cause: Some(cause.cause.to_string()),
             restarted_container: Some(run.container),
-            restart_count: api_container.map(|c| c.restart_count),
+            restart_count: pod
+                .restart_count_after(&run.container_id, restarted)
+                .or(api_container.map(|c| c.restart_count)),
         }
     }
 }
