@@ -126,11 +126,14 @@ enum Cached {
     Sts(Option<StsFacts>),
 }
 
+/// (kind, namespace, name) of a cached owner.
+type OwnerKey = (&'static str, String, String);
+
 /// Reads owners on demand, with a short cache.
 pub struct Owners {
     client: Client,
     metrics: Arc<KubeMetrics>,
-    cache: Mutex<HashMap<(&'static str, String, String), (Instant, Cached)>>,
+    cache: Mutex<HashMap<OwnerKey, (Instant, Cached)>>,
 }
 
 impl Owners {

@@ -313,7 +313,14 @@ mod tests {
             "kubelet Event Killing: Container side failed liveness probe, will be restarted",
         );
         // (entries, outcome, exit code, API reason) → cause
-        let cases: [(Vec<&TimelineEntry>, Outcome, Option<u8>, Option<&str>, &str); 8] = [
+        type Case<'a> = (
+            Vec<&'a TimelineEntry>,
+            Outcome,
+            Option<u8>,
+            Option<&'a str>,
+            &'a str,
+        );
+        let cases: [Case; 8] = [
             (
                 vec![&killing],
                 Outcome::Graceful,

@@ -227,6 +227,13 @@ impl Records {
         }
     }
 
+    /// A view under way that has something to tell (a stuck pod), for its Events.
+    pub(super) fn announce(&mut self, t: Arc<Termination>) {
+        if self.new.len() < 1024 {
+            self.new.push(t);
+        }
+    }
+
     /// Records completed since the last call, oldest first.
     pub(super) fn take_new(&mut self) -> Vec<Arc<Termination>> {
         std::mem::take(&mut self.new)

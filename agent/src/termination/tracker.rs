@@ -69,6 +69,8 @@ pub struct Tracker {
     records: Records,
     view: NodeView,
     dirty: bool,
+    /// Pods whose STUCK_TERMINATING was announced (for its Event), bounded.
+    stuck_announced: HashSet<String>,
 }
 
 impl Tracker {
@@ -91,6 +93,7 @@ impl Tracker {
             records,
             view: NodeView::default(),
             dirty: true,
+            stuck_announced: HashSet::new(),
         }
     }
 
@@ -290,14 +293,26 @@ impl Tracker {
         }
         self.dirty = false;
         let mut terminations: Vec<Arc<Termination>> = self.records.completed().cloned().collect();
-        terminations.extend(views::in_progress(
+        let under_way = views::in_progress(
             &self.records,
             &self.containers,
             &self.view,
             &self.clock,
             now_ns,
             self.opts.stuck_margin_ns,
-        ));
+        );
+        for t in &under_way {
+            let stuck = t.diagnoses.iter().any(|d| d.code == "STUCK_TERMINATING");
+            if let (true, Some(uid)) = (stuck, &t.uid) {
+                if self.stuck_announced.len() >= FINISHED_KEPT {
+                    self.stuck_announced.clear();
+                }
+                if self.stuck_announced.insert(uid.clone()) {
+                    self.records.announce(t.clone());
+                }
+            }
+        }
+        terminations.extend(under_way);
         Some(Arc::new(Snapshot { terminations }))
     }
 
@@ -337,6 +352,91 @@ mod tests {
         t.tick(now_ms * MS);
         t.snapshot(now_ms * MS)
             .and_then(|s| s.terminations.last().cloned())
+    }
+
+    /// The testkit container's pod, its app container at run `id` (restarted `count`
+    /// times, the previous run `last`).
+    fn pod_update(id: &str, count: i32, last: Option<&str>, at_ms: u64) -> KubeUpdate {
+        use crate::kube::model::{ApiContainer, ApiPod, ApiTerminated};
+        KubeUpdate::Pod {
+            pod: Arc::new(ApiPod {
+                uid: "6f1c2d3e-1111-2222-3333-444455556666".into(),
+                namespace: "shop".into(),
+                name: "web-1".into(),
+                workload: "deployment/web".into(),
+                termination_grace_seconds: 30,
+                containers: vec![ApiContainer {
+                    name: "app".into(),
+                    container_id: Some(id.into()),
+                    restart_count: count,
+                    last_terminated: last.map(|l| ApiTerminated {
+                        exit_code: 0,
+                        reason: Some("Completed".into()),
+                        container_id: Some(l.into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            at_ns: at_ms * MS,
+        }
+    }
+
+    #[test]
+    fn a_container_restarted_in_the_same_sync_keeps_its_record() {
+        let a = "a".repeat(64);
+        let b = "b".repeat(64);
+        // (the status names the old run in lastState, when the record completes)
+        for (last, done_ms) in [(Some(a.as_str()), 3_000), (None, 12_000)] {
+            let mut t = run(&[]);
+            t.kube(pod_update(&a, 0, None, 0), 0);
+            t.kube(
+                KubeUpdate::KubeletEvent {
+                    pod_uid: "6f1c2d3e-1111-2222-3333-444455556666".into(),
+                    container: Some("app".into()),
+                    reason: "Killing".into(),
+                    message: "Container app failed liveness probe, will be restarted".into(),
+                    time: None,
+                    listed: false,
+                    at_ns: 990 * MS,
+                },
+                990 * MS,
+            );
+            let c = container();
+            for e in [
+                exec(0, P1, 1, "app"),
+                signal(1000, P1, 1, "app", 15, RUNC, sig_result::DELIVERED),
+                exit(1050, P1, 1, "app", 0),
+            ] {
+                t.handle(&c, &e);
+            }
+            // kubelet starts the next run in the same sync: the status swaps ids.
+            t.kube(pod_update(&b, 1, last, 1100), 1100 * MS);
+            assert!(
+                last_completed(&mut t, done_ms - 1000).is_none(),
+                "waits for the status and Events"
+            );
+            let term = last_completed(&mut t, done_ms).expect("the old run's record");
+            assert_eq!(term.restarted_container.as_deref(), Some("app"), "{term:?}");
+            assert_eq!(term.containers[0].name.as_deref(), Some("app"));
+            assert_eq!(term.containers[0].outcome.as_deref(), Some("graceful"));
+            assert_eq!(term.cause.as_deref(), Some("liveness_probe"));
+            assert_eq!(term.restart_count, Some(1));
+            let codes: Vec<&str> = term.diagnoses.iter().map(|d| d.code.as_str()).collect();
+            assert_eq!(codes, ["LIVENESS_KILLED"]);
+        }
+    }
+
+    fn last_completed(t: &mut Tracker, now_ms: u64) -> Option<Arc<Termination>> {
+        t.tick(now_ms * MS);
+        t.snapshot(now_ms * MS).and_then(|s| {
+            s.terminations
+                .iter()
+                .rev()
+                .find(|t| t.state == crate::report::State::Completed)
+                .cloned()
+        })
     }
 
     #[test]

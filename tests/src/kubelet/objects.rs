@@ -179,7 +179,6 @@ pub(super) fn container_config_attempt(
                 namespace_options: Some(namespaces()),
                 ..Default::default()
             }),
-            ..Default::default()
         }),
         ..Default::default()
     }
