@@ -459,6 +459,21 @@ mod tests {
     }
 
     #[test]
+    fn a_restarts_record_names_the_container_and_the_cause() {
+        let mut t = termination("sh", "0123456789abcdef", "SIGTERM", "restarted");
+        t.namespace = Some("shop".into());
+        t.pod = Some("web-1".into());
+        t.restarted_container = Some("app".into());
+        t.restart_count = Some(3);
+        t.cause = Some("liveness_probe".into());
+        let text = render(&t);
+        assert!(
+            text.starts_with("Container app of pod shop/web-1 ended (completed, restartCount 3)\n  cause    liveness_probe\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn renders_what_a_person_needs() {
         let text = render(&termination(
             "sh",

@@ -461,6 +461,55 @@ mod tests {
     }
 
     #[test]
+    fn restarts_and_stop_facts() {
+        let mut v = serde_json::to_value(pod_json(serde_json::json!({
+            "labels": {"controller-revision-hash": "db-5c9"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db",
+                                 "uid": "o", "controller": true}]
+        })))
+        .expect("json");
+        v["status"]["containerStatuses"][0]["restartCount"] = 2.into();
+        v["status"]["containerStatuses"][0]["lastState"] = serde_json::json!(
+            {"terminated": {"exitCode": 3, "reason": "Error", "containerID": "containerd://old"}});
+        v["status"]["containerStatuses"][1]["state"] = serde_json::json!(
+            {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting failed container=side"}});
+        v["status"]["reason"] = "Evicted".into();
+        v["status"]["message"] = "The node was low on resource: memory.".into();
+        v["status"]["conditions"] = serde_json::json!([
+            {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet", "message": "memory pressure"},
+            {"type": "Ready", "status": "False"}]);
+        let p = api_pod(&serde_json::from_value(v).expect("pod")).expect("convert");
+        let app = &p.containers[0];
+        assert_eq!(app.restart_count, 2);
+        assert_eq!(
+            app.last_terminated
+                .as_ref()
+                .and_then(|t| t.container_id.as_deref()),
+            Some("old")
+        );
+        assert_eq!(
+            p.container_by_id("old").map(|c| c.name.as_str()),
+            Some("app")
+        );
+        let ids: Vec<&str> = p.container_ids().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["abc", "old", "def"]);
+        assert_eq!(
+            p.containers[1].waiting.as_ref().map(|(r, _)| r.as_str()),
+            Some("CrashLoopBackOff")
+        );
+        assert_eq!(p.stop.controller, Some(("StatefulSet".into(), "db".into())));
+        assert_eq!(p.stop.revision_hash.as_deref(), Some("db-5c9"));
+        assert_eq!(
+            p.stop.disruption,
+            Some(("TerminationByKubelet".into(), "memory pressure".into()))
+        );
+        assert_eq!(
+            p.stop.status_reason.as_ref().map(|(r, _)| r.as_str()),
+            Some("Evicted")
+        );
+    }
+
+    #[test]
     fn missing_identity_is_an_error() {
         let mut pod = pod_json(serde_json::json!({}));
         pod.metadata.uid = None;

@@ -398,8 +398,7 @@ mod tests {
             crash_loop_diagnosis("app", &h.note("u", "app", seen(730)), Some("40s")).expect("loop");
         assert!(d.message.starts_with("app was restarted 3 times within 30.0s (last exits, newest first: exit code 730, exit code 710, exit code 700)"), "{}", d.message);
         assert!(
-            d.message
-                .ends_with("current back-off before the next start: 40s"),
+            d.message.ends_with("back-off between restarts is now 40s"),
             "{}",
             d.message
         );

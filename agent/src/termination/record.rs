@@ -522,7 +522,9 @@ impl Records {
                 });
             }
         }
-        metrics.container_restarted(&rec.workload, &run.container, cause.cause);
+        if restarted {
+            metrics.container_restarted(&rec.workload, &run.container, cause.cause);
+        }
         rec.timeline.extend(timeline);
         rec.timeline.sort_by_key(|e| e.at_ns);
         Termination {
@@ -702,6 +704,34 @@ mod tests {
         for (i, (others, pod, signalled, finished, now, want)) in cases.into_iter().enumerate() {
             assert_eq!(
                 completion(others, pod, signalled, finished, now),
+                want,
+                "case {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn when_a_container_runs_record_completes() {
+        // (status showed the end at, pod removed, finished, now) → hold
+        let cases = [
+            (None, false, Some(S), 2 * S, Some(Hold::RestartPending)),
+            // Shown: Events get EVENTS_SETTLE_NS to arrive.
+            (
+                Some(2 * S),
+                false,
+                Some(S),
+                2 * S + EVENTS_SETTLE_NS - 1,
+                Some(Hold::RestartPending),
+            ),
+            (Some(2 * S), false, Some(S), 2 * S + EVENTS_SETTLE_NS, None),
+            // Never shown: RESTART_WAIT_NS after the end.
+            (None, false, Some(S), S + RESTART_WAIT_NS, None),
+            // The pod is gone: nothing more will come.
+            (None, true, Some(S), S, None),
+        ];
+        for (i, (seen, removed, finished, now, want)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                run_completion(seen, removed, finished, now),
                 want,
                 "case {i}"
             );
