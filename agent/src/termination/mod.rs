@@ -10,6 +10,7 @@ pub mod classify;
 mod container;
 pub mod pod_classify;
 mod record;
+mod runs;
 #[cfg(test)]
 mod testkit;
 pub mod tracker;

@@ -1,8 +1,9 @@
 //! Per-pod termination records. Containers that terminate together (same pod uid, or a
 //! lone container) are grouped under their `join::record_key`. A record completes when
 //! none of its containers is still terminating and, in Kubernetes mode, the pod being
-//! deleted has left the API ([`completion`]). Completed records are immutable and kept in
-//! a bounded history.
+//! deleted has left the API ([`completion`]); a container run that ended in a pod that
+//! lives on gets a record of its own (see `runs`). Completed records are immutable and
+//! kept in a bounded history.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -10,10 +11,11 @@ use std::{
 };
 
 use super::{
-    causes::{self, RestartHistory, RestartSeen},
+    causes,
     classify::{self, Outcome},
     container::ContainerTrack,
     pod_classify::pod_diagnoses,
+    runs::{cause_entry, run_completion, Run, Runs},
 };
 use crate::{
     clock::Clock,
@@ -25,39 +27,21 @@ use crate::{
 
 /// How long a signalled record of a pod not (yet) seen deleting waits for the deletion.
 pub(super) const DELETION_WAIT_NS: u64 = 3_000_000_000;
-/// How long a container run's record waits, once the pod's status shows its end, for
-/// kubelet's Events about it (probe failures, the kill, back-off) to arrive.
-pub(super) const EVENTS_SETTLE_NS: u64 = 1_500_000_000;
-/// How long it waits at most after the run's end for the status to show it.
-pub(super) const RESTART_WAIT_NS: u64 = 10_000_000_000;
-/// How far back a run's record looks for kubelet's Events about it (probe failures).
-const RUN_LOOKBACK_NS: u64 = 300_000_000_000;
-
-/// The run of one container that ended while its pod lived on.
-#[derive(Clone, Debug)]
-struct Run {
-    container: String,
-    container_id: String,
-    outcome: Outcome,
-    exit_code: Option<u8>,
-    exit_how: String,
-    sigterm_to_exit_ns: Option<u64>,
-}
 #[derive(Default)]
-struct OpenRecord {
-    uid: Option<String>,
-    started_ns: Option<u64>,
-    finished_ns: Option<u64>,
+pub(super) struct OpenRecord {
+    pub(super) uid: Option<String>,
+    pub(super) started_ns: Option<u64>,
+    pub(super) finished_ns: Option<u64>,
     /// A termination signal (or a kill) started it, not processes exiting by themselves.
     signalled: bool,
     outcomes: Vec<Outcome>,
-    containers: Vec<ContainerReport>,
+    pub(super) containers: Vec<ContainerReport>,
     members: Vec<JoinedMember>,
-    timeline: Vec<TimelineEntry>,
-    diagnoses: Vec<DiagnosisEntry>,
-    workload: Workload,
+    pub(super) timeline: Vec<TimelineEntry>,
+    pub(super) diagnoses: Vec<DiagnosisEntry>,
+    pub(super) workload: Workload,
     /// Set for a container run's own record (a restart), not a pod's termination.
-    run: Option<Run>,
+    pub(super) run: Option<Run>,
 }
 
 pub(super) struct Records {
@@ -65,11 +49,8 @@ pub(super) struct Records {
     completed: VecDeque<Arc<Termination>>,
     /// Completed since the last [`Records::take_new`] (for Events), bounded.
     new: Vec<Arc<Termination>>,
-    /// Each container's recent restarts (crash loops).
-    history: RestartHistory,
-    /// Each container's last run end that got a record, so the next run's record
-    /// starts after it.
-    last_run_end: HashMap<(String, String), u64>,
+    /// Container runs' records: restart history, where each run's timeline starts.
+    runs: Runs,
     /// Completed records dropped from the bounded history.
     evicted: usize,
     cap: usize,
@@ -108,23 +89,6 @@ pub(super) enum Hold {
     AwaitingDeletion,
     /// A container run's record waits for the status and Events about its restart.
     RestartPending,
-}
-
-/// Whether a container run's record (a restart) can complete: once the pod's status
-/// showed the run's end (`ended_seen`) and Events had time to arrive, or after
-/// [`RESTART_WAIT_NS`] without it, or at once when the pod is gone.
-pub(super) fn run_completion(
-    ended_seen: Option<u64>,
-    removed: bool,
-    finished_ns: Option<u64>,
-    now_ns: u64,
-) -> Option<Hold> {
-    if removed {
-        return None;
-    }
-    let settled = ended_seen.is_some_and(|t| now_ns >= t.saturating_add(EVENTS_SETTLE_NS));
-    let waited = finished_ns.is_none_or(|f| now_ns >= f.saturating_add(RESTART_WAIT_NS));
-    (!settled && !waited).then_some(Hold::RestartPending)
 }
 
 /// Whether a record can complete now. `pod`: its pod's (deletion seen, removed) state,
@@ -220,8 +184,7 @@ impl Records {
             open: HashMap::new(),
             completed: VecDeque::new(),
             new: Vec::new(),
-            history: RestartHistory::default(),
-            last_run_end: HashMap::new(),
+            runs: Runs::default(),
             evicted: 0,
             cap: cap.max(1),
         }
@@ -394,7 +357,7 @@ impl Records {
             return false;
         };
         let t = match (&rec.run, pod) {
-            (Some(_), Some(p)) => self.complete_run(rec, p, metrics, clock, now_ns),
+            (Some(_), Some(p)) => self.runs.complete(rec, p, metrics, clock, now_ns),
             _ => complete(rec, pod, metrics, clock),
         };
         let t = Arc::new(t);
@@ -432,139 +395,10 @@ impl Records {
     pub(super) fn open_started(&self, key: &str) -> Option<u64> {
         self.open.get(key).and_then(|r| r.started_ns)
     }
-
-    /// A container run's record made final: the API's entries about the container since
-    /// its previous run, its cause, its restart count, LIVENESS_KILLED and CRASH_LOOP.
-    fn complete_run(
-        &mut self,
-        mut rec: OpenRecord,
-        pod: &ApiPodState,
-        metrics: &TerminationMetrics,
-        clock: &Clock,
-        now_ns: u64,
-    ) -> Termination {
-        let Some(run) = rec.run.take() else {
-            return complete(rec, Some(pod), metrics, clock);
-        };
-        let started = rec.started_ns.unwrap_or(0);
-        let finished = rec.finished_ns.unwrap_or(started);
-        let key = (pod.pod.uid.clone(), run.container.clone());
-        let from = self
-            .last_run_end
-            .get(&key)
-            .map(|t| t.saturating_add(1))
-            .unwrap_or(0)
-            .max(started.saturating_sub(RUN_LOOKBACK_NS));
-        if self.last_run_end.len() >= 4096 {
-            self.last_run_end.clear();
-        }
-        self.last_run_end.insert(key, finished);
-        let entries: Vec<&TimelineEntry> =
-            pod.timeline_between(from, now_ns, &run.container).collect();
-        let api_container = pod.pod.container(&run.container);
-        let api_reason = api_container
-            .and_then(|c| {
-                [&c.last_terminated, &c.terminated]
-                    .into_iter()
-                    .flatten()
-                    .find(|t| t.container_id.as_deref() == Some(&run.container_id))
-            })
-            .and_then(|t| t.reason.clone());
-        let cause = causes::container_cause(
-            &entries,
-            &run.container,
-            run.outcome,
-            run.exit_code,
-            api_reason.as_deref(),
-        );
-        let mut timeline: Vec<TimelineEntry> = entries.iter().map(|e| (*e).clone()).collect();
-        timeline.push(cause_entry(&cause, Some(&run.container), finished, clock));
-        if let Some(d) = causes::liveness_diagnosis(
-            &entries,
-            &run.container,
-            run.outcome,
-            run.sigterm_to_exit_ns,
-        ) {
-            rec.diagnoses.push(DiagnosisEntry {
-                code: d.code.as_str().into(),
-                container: Some(run.container.clone()),
-                message: d.message,
-            });
-        }
-        let restarted = api_container.is_some_and(|c| {
-            c.container_id.as_deref() != Some(&run.container_id) || c.waiting.is_some()
-        });
-        if restarted {
-            let recent = self.history.note(
-                &pod.pod.uid,
-                &run.container,
-                RestartSeen {
-                    exit_ns: finished,
-                    how: run.exit_how.clone(),
-                },
-            );
-            let back_off = api_container
-                .and_then(|c| c.waiting.as_ref())
-                .and_then(|(_, m)| causes::back_off(m))
-                .or_else(|| {
-                    // Running again: the back-off it waited before this start.
-                    entries
-                        .iter()
-                        .rev()
-                        .filter(|e| e.what == "waiting_status")
-                        .find_map(|e| causes::back_off(&e.detail))
-                });
-            if let Some(d) = causes::crash_loop_diagnosis(&run.container, &recent, back_off) {
-                rec.diagnoses.push(DiagnosisEntry {
-                    code: d.code.as_str().into(),
-                    container: Some(run.container.clone()),
-                    message: d.message,
-                });
-            }
-        }
-        if restarted {
-            metrics.container_restarted(&rec.workload, &run.container, cause.cause);
-        }
-        rec.timeline.extend(timeline);
-        rec.timeline.sort_by_key(|e| e.at_ns);
-        Termination {
-            namespace: Some(pod.pod.namespace.clone()),
-            pod: Some(pod.pod.name.clone()),
-            uid: rec.uid,
-            state: State::Completed,
-            started_at: Some(clock.rfc3339(started)),
-            finished_at: Some(clock.rfc3339(finished)),
-            grace_period_seconds: Some(pod.pod.effective_grace_seconds() as f64),
-            containers: rec.containers,
-            timeline: rec.timeline,
-            diagnoses: rec.diagnoses,
-            cause: Some(cause.cause.to_string()),
-            restarted_container: Some(run.container),
-            restart_count: pod
-                .restart_count_after(&run.container_id, restarted)
-                .or(api_container.map(|c| c.restart_count)),
-        }
-    }
-}
-
-/// The timeline entry that gives a record's cause and its evidence.
-fn cause_entry(
-    cause: &causes::Cause,
-    container: Option<&str>,
-    at_ns: u64,
-    clock: &Clock,
-) -> TimelineEntry {
-    TimelineEntry {
-        at: clock.rfc3339(at_ns),
-        what: "cause".into(),
-        container: container.map(str::to_string),
-        detail: format!("cause {}: {}", cause.cause, cause.evidence),
-        at_ns,
-    }
 }
 
 /// A record made final: its pod-level metrics and diagnoses, the API's timeline merged.
-fn complete(
+pub(super) fn complete(
     mut rec: OpenRecord,
     pod: Option<&ApiPodState>,
     metrics: &TerminationMetrics,
@@ -704,34 +538,6 @@ mod tests {
         for (i, (others, pod, signalled, finished, now, want)) in cases.into_iter().enumerate() {
             assert_eq!(
                 completion(others, pod, signalled, finished, now),
-                want,
-                "case {i}"
-            );
-        }
-    }
-
-    #[test]
-    fn when_a_container_runs_record_completes() {
-        // (status showed the end at, pod removed, finished, now) → hold
-        let cases = [
-            (None, false, Some(S), 2 * S, Some(Hold::RestartPending)),
-            // Shown: Events get EVENTS_SETTLE_NS to arrive.
-            (
-                Some(2 * S),
-                false,
-                Some(S),
-                2 * S + EVENTS_SETTLE_NS - 1,
-                Some(Hold::RestartPending),
-            ),
-            (Some(2 * S), false, Some(S), 2 * S + EVENTS_SETTLE_NS, None),
-            // Never shown: RESTART_WAIT_NS after the end.
-            (None, false, Some(S), S + RESTART_WAIT_NS, None),
-            // The pod is gone: nothing more will come.
-            (None, true, Some(S), S, None),
-        ];
-        for (i, (seen, removed, finished, now, want)) in cases.into_iter().enumerate() {
-            assert_eq!(
-                run_completion(seen, removed, finished, now),
                 want,
                 "case {i}"
             );
