@@ -13,8 +13,8 @@ use std::{
 
 use gracewatch_tests::{
     agent::{codes, whats, Agent, Metrics},
-    apiserver::{ApiServer, Resource},
-    kubelet::{ContainerDef, DeleteOptions, Node, PodDef},
+    apiserver::{ApiServer, Resource, Verb},
+    kubelet::{ContainerDef, DeleteOptions, Node, PodDef, Probe},
 };
 use serde_json::{json, Value};
 
@@ -198,6 +198,37 @@ fn liveness_probe_failure_restarts_the_container() {
     );
     let e = k.agent_event(&p.uid, "LivenessKilled");
     assert_event(&e, "live-1", Some("app"), "kubelet restarted app because");
+    let text = agent.explain_target("shop/live-1").expect("explain");
+    assert!(
+        text.starts_with("Container app of pod shop/live-1 ended (completed, restartCount 1)\n  cause    liveness_probe\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("LIVENESS_KILLED: kubelet restarted app"),
+        "{text}"
+    );
+}
+
+#[test]
+fn startup_probe_failure_restarts_the_container() {
+    let k = Cluster::new();
+    let agent = k.agent();
+    let mut p = k.node.run_pod(pod("start-1", IGNORING)).expect("pod");
+    std::thread::sleep(Duration::from_millis(300));
+    k.node
+        .fail_probe(&mut p, "app", Probe::Startup, 2, Duration::from_millis(200))
+        .expect("restart");
+    let t = wait_run(&agent, "start-1", "app", 1);
+    assert_eq!(t["cause"], "startup_probe", "{t:#}");
+    assert_eq!(t["containers"][0]["outcome"], "forced_kill", "{t:#}");
+    assert_eq!(codes(&t), ["SIGTERM_IGNORED", "FORCED_KILL"], "{t:#}");
+    let m = agent.metrics().expect("metrics");
+    assert_eq!(
+        counter(&m, "gracewatch_container_restarts_total{namespace=\"shop\",workload=\"deployment/web\",container=\"app\",cause=\"startup_probe\"}"),
+        Some(1.0)
+    );
+    let e = k.agent_event(&p.uid, "ForcedKill");
+    assert_event(&e, "start-1", Some("app"), "SIGKILLed by");
 }
 
 #[test]
@@ -256,6 +287,38 @@ fn a_crash_loop_is_diagnosed_at_the_third_restart() {
     );
     let e = k.agent_event(&p.uid, "CrashLoop");
     assert_event(&e, "loop-1", Some("app"), "app was restarted 3 times");
+    assert!(e["series"].is_null(), "a first Event: {e:#}");
+
+    // A fourth restart: the same diagnosis again is the Event's series, not a new Event.
+    k.node
+        .restart_after_exit(&mut p, "app", Duration::from_millis(800))
+        .expect("restart");
+    let fourth = wait_run(&agent, "loop-1", "app", 4);
+    assert!(
+        message(&fourth, "CRASH_LOOP").starts_with("app was restarted 4 times within "),
+        "{fourth:#}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let series = loop {
+        let e = k.agent_event(&p.uid, "CrashLoop");
+        if e["series"]["count"] == 2 {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no series update: {e:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let ours: Vec<Value> = k
+        .api
+        .events()
+        .into_iter()
+        .filter(|e| e["reportingController"] == "gracewatch.io/agent")
+        .collect();
+    assert_eq!(ours.len(), 1, "one Event, its series counting: {ours:#?}");
+    assert!(
+        series["series"]["lastObservedTime"].is_string(),
+        "{series:#}"
+    );
+    assert!(k.api.count(Resource::Events, Verb::Patch) >= 1);
 }
 
 #[test]
@@ -331,12 +394,30 @@ fn rolling_update_and_scale_down_are_told_apart() {
     let mut def = pod("api-2", TRAPPING);
     def.deployment = Some("api".into());
     let extra = k.node.run_pod(def).expect("pod");
+    // db: a StatefulSet updating from revision db-1 to db-2.
+    k.api
+        .create(
+            Resource::StatefulSets,
+            json!({"metadata": {"name": "db", "namespace": "shop"},
+                   "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": []}}},
+                   "status": {"replicas": 3, "currentRevision": "db-1", "updateRevision": "db-2"}}),
+        )
+        .expect("statefulset");
+    let mut def = pod("db-0", TRAPPING);
+    def.deployment = None;
+    def.statefulset = Some("db".into());
+    def.template_hash = "db-1".into();
+    let member = k.node.run_pod(def).expect("pod");
     std::thread::sleep(Duration::from_millis(300));
     k.node
         .delete_pod(&old, &DeleteOptions::default())
         .expect("delete");
     k.node
         .delete_pod(&extra, &DeleteOptions::default())
+        .expect("delete");
+    k.node
+        .delete_pod(&member, &DeleteOptions::default())
         .expect("delete");
 
     let t = pod_termination(&agent, "web-old");
@@ -353,6 +434,13 @@ fn rolling_update_and_scale_down_are_told_apart() {
     );
     let s = pod_termination(&agent, "api-2");
     assert_eq!(s["cause"], "scale_down", "{s:#}");
+    let db = pod_termination(&agent, "db-0");
+    assert_eq!(db["cause"], "rollout", "{db:#}");
+    assert!(
+        db["timeline"].as_array().is_some_and(|es| es.iter().any(|e| e["detail"]
+            == "cause rollout: the pod is at revision db-1; StatefulSet db is updating to db-2: a rolling update replaced it")),
+        "{db:#}"
+    );
 
     let m = agent.metrics().expect("metrics");
     assert_eq!(
@@ -374,6 +462,14 @@ fn rolling_update_and_scale_down_are_told_apart() {
         })
         .sum();
     assert!((2.0..=4.0).contains(&reads), "{reads} owner reads");
+    assert_eq!(
+        counter(
+            &m,
+            "gracewatch_kube_owner_requests_total{kind=\"statefulset\",result=\"ok\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(k.api.count(Resource::StatefulSets, Verb::Get), 1);
     let e = k.agent_event(&old.uid, "SigtermIgnored");
     assert_event(
         &e,

@@ -27,7 +27,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 pub use kill::StopReport;
-pub use restart::RestartReport;
+pub use restart::{Probe, RestartReport};
 
 use crate::{
     apiserver::{ApiServer, Resource},

@@ -19,6 +19,23 @@ use crate::{apiserver::Resource, runc::Stamp};
 /// How long a container that should end by itself may take.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The probe whose failures make kubelet restart a container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    Liveness,
+    Startup,
+}
+
+impl Probe {
+    /// As kubelet names it in Events ("Liveness probe failed", "failed liveness probe").
+    fn name(self) -> &'static str {
+        match self {
+            Probe::Liveness => "Liveness",
+            Probe::Startup => "Startup",
+        }
+    }
+}
+
 /// What the emulator did for one restart, on its own clock.
 #[derive(Debug)]
 pub struct RestartReport {
@@ -46,6 +63,19 @@ impl Node {
         failures: u32,
         period: Duration,
     ) -> Result<RestartReport> {
+        self.fail_probe(pod, name, Probe::Liveness, failures, period)
+    }
+
+    /// `probe` of `name` fails `failures` times, `period` apart; kubelet kills the
+    /// container and starts it again.
+    pub fn fail_probe(
+        &self,
+        pod: &mut RunningPod,
+        name: &str,
+        probe: Probe,
+        failures: u32,
+        period: Duration,
+    ) -> Result<RestartReport> {
         let mut first_failure = None;
         for i in 0..failures {
             if i > 0 {
@@ -57,7 +87,10 @@ impl Node {
                 pod,
                 name,
                 ("Warning", "Unhealthy"),
-                "Liveness probe failed: HTTP probe failed with statuscode: 500",
+                &format!(
+                    "{} probe failed: HTTP probe failed with statuscode: 500",
+                    probe.name()
+                ),
             )?;
         }
         let killing = Stamp::now();
@@ -65,7 +98,10 @@ impl Node {
             pod,
             name,
             ("Normal", "Killing"),
-            &format!("Container {name} failed liveness probe, will be restarted"),
+            &format!(
+                "Container {name} failed {} probe, will be restarted",
+                probe.name().to_ascii_lowercase()
+            ),
         )?;
         let (_, old) = find(pod, name)?;
         let (stop, _) = self.stop_container(old, pod.def.grace_seconds.max(2))?;
