@@ -26,6 +26,10 @@ use crate::{
 
 /// Longest wait, after PID 1's exit, for the container's other processes to exit.
 const SETTLE_CAP_NS: u64 = 10_000_000_000;
+/// How long the end of a container placed as its pod's sandbox waits, while the pod lives
+/// on, for the status to name it: a sandbox ends only with its pod, but a container that
+/// crashes before kubelet reports its id looks like one until kubelet does.
+const UNNAMED_WAIT_NS: u64 = 5_000_000_000;
 /// Containers finalized lately, remembered so their late events do not start a new state.
 const FINISHED_KEPT: usize = 4096;
 
@@ -230,6 +234,19 @@ impl Tracker {
     /// anything changed.
     pub fn tick(&mut self, now_ns: u64) -> bool {
         let linger = self.opts.linger_ns;
+        let view = &self.view;
+        let unnamed = |c: &ContainerTrack| {
+            c.sandbox
+                && c.container
+                    .cgroup
+                    .pod_uid
+                    .as_deref()
+                    .and_then(|u| view.get(u))
+                    .is_some_and(|p| p.deletion_ns.is_none() && p.removed_ns.is_none())
+                && c.facts
+                    .pid1_exit_ns
+                    .is_some_and(|e| now_ns.saturating_sub(e) < UNNAMED_WAIT_NS)
+        };
         let done: Vec<u64> = self
             .containers
             .iter()
@@ -241,7 +258,7 @@ impl Tracker {
                     Some(exit) => !c.others_alive() || now_ns.saturating_sub(exit) >= SETTLE_CAP_NS,
                     None => false,
                 };
-                quiet && (settled || c.gone)
+                quiet && (settled || c.gone) && !unnamed(c)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -426,6 +443,26 @@ mod tests {
             let codes: Vec<&str> = term.diagnoses.iter().map(|d| d.code.as_str()).collect();
             assert_eq!(codes, ["LIVENESS_KILLED"]);
         }
+    }
+
+    #[test]
+    fn a_crash_before_the_status_names_the_container_is_still_its_record() {
+        let a = "a".repeat(64);
+        let b = "b".repeat(64);
+        let mut t = run(&[]);
+        // The status names another run: this one looks like the sandbox for now.
+        t.kube(pod_update(&b, 0, None, 0), 0);
+        let c = container();
+        for e in [exec(0, P1, 1, "app"), exit(50, P1, 1, "app", 3 << 8)] {
+            t.handle(&c, &e);
+        }
+        assert!(last_completed(&mut t, 1500).is_none());
+        // kubelet reports it a second later, in lastState.
+        t.kube(pod_update(&b, 1, Some(&a), 1600), 1600 * MS);
+        let term = last_completed(&mut t, 3200).expect("the crashed run's record");
+        assert_eq!(term.restarted_container.as_deref(), Some("app"), "{term:?}");
+        assert_eq!(term.cause.as_deref(), Some("crash"));
+        assert_eq!(term.containers[0].exit_code, Some(3));
     }
 
     fn last_completed(t: &mut Tracker, now_ms: u64) -> Option<Arc<Termination>> {
