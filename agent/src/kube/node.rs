@@ -275,14 +275,8 @@ impl NodeView {
                 vec![PodChange::None]
             }
             KubeUpdate::Owner { pod_uid, verdict } => {
+                // Its evidence goes on the record's timeline as its `cause` entry.
                 if let Some(p) = self.by_uid.get_mut(&pod_uid) {
-                    let at = p.deletion_ns.unwrap_or(0);
-                    p.note(
-                        clock,
-                        at,
-                        "cause_evidence",
-                        format!("{}: {}", verdict.cause, verdict.evidence),
-                    );
                     p.owner_verdict = Some(verdict);
                 }
                 vec![PodChange::None]

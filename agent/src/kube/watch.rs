@@ -368,60 +368,105 @@ async fn kubelet_events(watch: Watch, uid: String) {
     let mut stream = watcher(api, cfg).boxed();
     let mut retry = Retry::new("events", policy);
     let mut seen: HashSet<(String, i32)> = HashSet::new();
+    // Events there when the watch (re)starts arrive in name order; they are sent in the
+    // order they happened (their time, then creation), since their API times often tie
+    // at whole seconds.
+    let mut listing: Option<Vec<Event>> = None;
     while let Some(item) = stream.next().await {
         retry.saw(&item);
-        let (ev, listed) = match item {
-            Ok(watcher::Event::InitApply(e)) => (e, true),
-            Ok(watcher::Event::Apply(e)) => (e, false),
-            Ok(_) => continue,
+        let batch = match item {
+            Ok(watcher::Event::Init) => {
+                listing = Some(Vec::new());
+                continue;
+            }
+            Ok(watcher::Event::InitApply(e)) => {
+                match listing.as_mut() {
+                    Some(l) if l.len() < MAX_LISTED_EVENTS => l.push(e),
+                    Some(_) => {}
+                    None => listing = Some(vec![e]),
+                }
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                let mut l = listing.take().unwrap_or_default();
+                l.sort_by_key(|e| (event_time(e), resource_version(e)));
+                l.into_iter().map(|e| (e, true)).collect()
+            }
+            Ok(watcher::Event::Apply(e)) => vec![(e, false)],
+            Ok(watcher::Event::Delete(_)) => continue,
             Err(e) => {
                 retry.back_off(&metrics, &e).await;
                 continue;
             }
         };
-        let reason = ev.reason.clone().unwrap_or_default();
-        if !KUBELET_REASONS.contains(&reason.as_str()) {
-            continue;
-        }
-        // A relist replays events already sent; an Event's count grows on repeats.
-        let key = (
-            ev.metadata.uid.clone().unwrap_or_default(),
-            ev.count.unwrap_or(1),
-        );
-        if !seen.insert(key) {
-            continue;
-        }
-        let time = ev
-            .event_time
-            .as_ref()
-            .map(|t| t.0)
-            .or(ev.last_timestamp.as_ref().map(|t| t.0))
-            .or(ev.first_timestamp.as_ref().map(|t| t.0))
-            .as_ref()
-            .and_then(to_datetime);
-        let count = ev.count.unwrap_or(1);
-        let message = ev.message.unwrap_or_default();
-        let update = KubeUpdate::KubeletEvent {
-            pod_uid: uid.clone(),
-            container: ev
-                .involved_object
-                .field_path
-                .as_deref()
-                .and_then(field_path_container),
-            reason,
-            message: if count > 1 {
-                format!("{message} (x{count})")
-            } else {
-                message
-            },
-            time,
-            listed,
-            at_ns: boot_now_ns(),
-        };
-        if tx.send(update).await.is_err() {
-            break;
+        for (ev, listed) in batch {
+            let Some(update) = kubelet_event(&uid, ev, listed, &mut seen) else {
+                continue;
+            };
+            if tx.send(update).await.is_err() {
+                return;
+            }
         }
     }
+}
+
+/// Events of one pod kept from a (re)list, at most.
+const MAX_LISTED_EVENTS: usize = 1024;
+
+/// An Event's own time: its eventTime, else its last, else its first timestamp.
+fn event_time(ev: &Event) -> Option<OffsetDateTime> {
+    ev.event_time
+        .as_ref()
+        .map(|t| t.0)
+        .or(ev.last_timestamp.as_ref().map(|t| t.0))
+        .or(ev.first_timestamp.as_ref().map(|t| t.0))
+        .as_ref()
+        .and_then(to_datetime)
+}
+
+fn resource_version(ev: &Event) -> u64 {
+    ev.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The update for one of a pod's Events, if it is kubelet's about termination or
+/// restarts and not one already sent (a relist replays them; a repeat grows `count`).
+fn kubelet_event(
+    uid: &str,
+    ev: Event,
+    listed: bool,
+    seen: &mut HashSet<(String, i32)>,
+) -> Option<KubeUpdate> {
+    let reason = ev.reason.clone().unwrap_or_default();
+    if !KUBELET_REASONS.contains(&reason.as_str()) {
+        return None;
+    }
+    let count = ev.count.unwrap_or(1);
+    if !seen.insert((ev.metadata.uid.clone().unwrap_or_default(), count)) {
+        return None;
+    }
+    let time = event_time(&ev);
+    let message = ev.message.unwrap_or_default();
+    Some(KubeUpdate::KubeletEvent {
+        pod_uid: uid.to_string(),
+        container: ev
+            .involved_object
+            .field_path
+            .as_deref()
+            .and_then(field_path_container),
+        reason,
+        message: if count > 1 {
+            format!("{message} (x{count})")
+        } else {
+            message
+        },
+        time,
+        listed,
+        at_ns: boot_now_ns(),
+    })
 }
 
 type SliceEndpoints = HashMap<String, EndpointState>;
@@ -585,6 +630,57 @@ mod tests {
             "targetRef": {"kind": "Pod", "uid": uid, "name": uid, "namespace": "shop"},
             "conditions": conditions,
         })
+    }
+
+    fn core_event(uid: &str, rv: &str, reason: &str, at: &str, count: i32) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("web-1.{uid}"), "uid": uid, "resourceVersion": rv},
+            "involvedObject": {"kind": "Pod", "uid": "p1", "fieldPath": "spec.containers{app}"},
+            "reason": reason, "message": "m", "count": count, "lastTimestamp": at,
+        }))
+        .expect("event")
+    }
+
+    #[test]
+    fn listed_events_go_in_the_order_they_happened_and_repeats_once() {
+        // Same whole second: creation order decides (the probe failed, then the kill).
+        let mut listed = vec![
+            core_event("k", "12", "Killing", "2026-12-01T10:00:05Z", 1),
+            core_event("u", "11", "Unhealthy", "2026-12-01T10:00:05Z", 3),
+            core_event("s", "10", "Scheduled", "2026-12-01T10:00:01Z", 1),
+        ];
+        listed.sort_by_key(|e| (event_time(e), resource_version(e)));
+        let mut seen = HashSet::new();
+        let updates: Vec<KubeUpdate> = listed
+            .into_iter()
+            .filter_map(|e| kubelet_event("p1", e, true, &mut seen))
+            .collect();
+        let reasons: Vec<(&str, &str, Option<&str>)> = updates
+            .iter()
+            .filter_map(|u| match u {
+                KubeUpdate::KubeletEvent {
+                    reason,
+                    message,
+                    container,
+                    ..
+                } => Some((reason.as_str(), message.as_str(), container.as_deref())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("Unhealthy", "m (x3)", Some("app")),
+                ("Killing", "m", Some("app"))
+            ]
+        );
+        // A relist replays them: nothing new.
+        let again = core_event("u", "11", "Unhealthy", "2026-12-01T10:00:05Z", 3);
+        assert!(kubelet_event("p1", again, true, &mut seen).is_none());
+        assert_eq!(
+            field_path_container("spec.initContainers{proxy}").as_deref(),
+            Some("proxy")
+        );
     }
 
     #[test]
