@@ -169,6 +169,11 @@ fn liveness_probe_failure_restarts_the_container() {
         msg.starts_with("kubelet restarted app because its liveness probe failed (Liveness probe failed: HTTP probe failed with statuscode: 500)"),
         "{msg}"
     );
+    eprintln!("LIVENESS_KILLED: {msg}");
+    assert!(
+        msg.contains("from the first failure seen to the kill"),
+        "{msg}"
+    );
     assert!(msg.contains("the app then shut down gracefully"), "{msg}");
     let order = whats(&t);
     for what in [

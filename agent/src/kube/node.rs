@@ -310,7 +310,11 @@ impl NodeView {
                     at,
                     &format!("event_{}", reason.to_ascii_lowercase()),
                     container,
-                    format!("kubelet Event {reason}: {message} (API time {api_time})"),
+                    if listed {
+                        format!("kubelet Event {reason}: {message} (API time {api_time}, listed when its watch started)")
+                    } else {
+                        format!("kubelet Event {reason}: {message} (API time {api_time})")
+                    },
                 );
                 vec![PodChange::None]
             }

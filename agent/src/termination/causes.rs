@@ -171,22 +171,35 @@ pub fn liveness_diagnosis(
         })
         .collect();
     let first = failures.first();
+    // Events listed when their watch started carry only the API's whole seconds.
+    let coarse = |e: &TimelineEntry| e.detail.contains("listed when its watch started");
     let failed = match first {
         Some(f) => format!(
-            "its liveness probe failed ({}); {} from the first failure seen to the kill",
+            "its liveness probe failed ({}); {}{} from the first failure seen to the kill",
             f.detail
                 .strip_prefix("kubelet Event Unhealthy: ")
                 .unwrap_or(&f.detail)
                 .split(" (API time")
                 .next()
                 .unwrap_or_default(),
+            if coarse(f) || coarse(kill) {
+                "about "
+            } else {
+                ""
+            },
             secs(kill.at_ns.saturating_sub(f.at_ns))
         ),
         None => "its liveness probe failed (no Unhealthy Event seen)".to_string(),
     };
     let after = match (outcome, sigterm_to_exit_ns) {
-        (Outcome::Graceful, Some(t)) => format!("the app then shut down gracefully, {} after SIGTERM", secs(t)),
-        (Outcome::ForcedKill, Some(t)) => format!("the app did not exit on SIGTERM and was SIGKILLed {} later, at the end of its grace period", secs(t)),
+        (Outcome::Graceful, Some(t)) => format!(
+            "the app then shut down gracefully, {:.3}s after SIGTERM",
+            t as f64 / 1e9
+        ),
+        (Outcome::ForcedKill, Some(t)) => format!(
+            "the app did not exit on SIGTERM and was SIGKILLed {:.3}s later, at the end of its grace period",
+            t as f64 / 1e9
+        ),
         (o, _) => format!("the app's end: {}", o.as_str()),
     };
     Some(Diagnosis {
@@ -376,11 +389,31 @@ mod tests {
         );
         assert!(
             d.message
-                .contains("shut down gracefully, 0.1s after SIGTERM"),
+                .contains("shut down gracefully, 0.050s after SIGTERM"),
             "{}",
             d.message
         );
         assert!(liveness_diagnosis(&[&first], "app", Outcome::Graceful, None).is_none());
+        let listed = entry(4, "event_unhealthy", "app", "kubelet Event Unhealthy: Liveness probe failed: no (API time 2026-12-01T10:00:04Z, listed when its watch started)");
+        let d = liveness_diagnosis(
+            &[&listed, &kill],
+            "app",
+            Outcome::ForcedKill,
+            Some(2_000_000_000),
+        )
+        .expect("diagnosis");
+        assert!(
+            d.message
+                .contains("(Liveness probe failed: no); about 3.0s from the first failure"),
+            "{}",
+            d.message
+        );
+        assert!(
+            d.message
+                .contains("did not exit on SIGTERM and was SIGKILLed 2.000s later"),
+            "{}",
+            d.message
+        );
     }
 
     #[test]
