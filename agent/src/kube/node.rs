@@ -372,30 +372,25 @@ impl NodeView {
                     .map(|s| format!(", signal {s}"))
                     .unwrap_or_default();
                 let reason = t.reason.as_deref().unwrap_or("-");
-                let (what, how) = if restarted {
+                let (what, detail) = if restarted {
+                    let short: String = id.chars().take(12).collect();
                     (
                         "restarted_status",
                         format!(
-                            "restarted (restartCount {}); its previous run",
-                            c.restart_count
+                            "API: container {}'s previous run {short} terminated, exitCode {}{signal}, reason {reason} (restartCount {}) (watch)",
+                            c.name, t.exit_code, c.restart_count
                         ),
                     )
                 } else {
-                    ("terminated_status", String::new())
+                    (
+                        "terminated_status",
+                        format!(
+                            "API: container {} terminated, exitCode {}{signal}, reason {reason} (watch)",
+                            c.name, t.exit_code
+                        ),
+                    )
                 };
-                let short: String = id.chars().take(12).collect();
-                let how = if restarted {
-                    format!(" {how} {short}")
-                } else {
-                    how
-                };
-                p.note_about(
-                    clock,
-                    at_ns,
-                    what,
-                    Some(c.name.clone()),
-                    format!("API: container {}{how} terminated, exitCode {}{signal}, reason {reason} (watch)", c.name, t.exit_code),
-                );
+                p.note_about(clock, at_ns, what, Some(c.name.clone()), detail);
             }
             if let Some((reason, message)) = &c.waiting {
                 let key = format!("{reason}:{}", c.restart_count);
@@ -700,7 +695,7 @@ mod tests {
         assert_eq!(entry.container.as_deref(), Some("app"));
         assert!(
             entry.detail.contains(
-                "restarted (restartCount 1); its previous run c1 terminated, exitCode 137"
+                "API: container app's previous run c1 terminated, exitCode 137, reason Error (restartCount 1)"
             ),
             "{}",
             entry.detail
