@@ -352,14 +352,14 @@ fn an_oom_kill_restarts_the_container() {
 }
 
 /// A Deployment at `revision` and its ReplicaSet `<name>-7d4b9c8f6` at `rs_revision`
-/// with `replicas` wanted and `had` counted.
+/// with `replicas` wanted and `had` counted; `scaled_now`: the controller wrote the
+/// ReplicaSet's replicas just now (its managedFields entry, as the API server keeps it).
 fn deployment(
     api: &ApiServer,
     name: &str,
-    revision: &str,
-    rs_revision: &str,
-    replicas: i32,
-    had: i32,
+    (revision, rs_revision): (&str, &str),
+    (replicas, had): (i32, i32),
+    scaled_now: bool,
 ) {
     let ann = |r: &str| json!({"deployment.kubernetes.io/revision": r});
     api.create(
@@ -369,10 +369,25 @@ fn deployment(
                         "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": []}}}}),
     )
     .expect("deployment");
+    let written = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    let managed = if scaled_now {
+        json!([{"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "apps/v1",
+                "time": written, "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:metadata": {"f:annotations": {}}, "f:spec": {"f:replicas": {}}}}])
+    } else {
+        json!([])
+    };
     api.create(
         Resource::ReplicaSets,
         json!({"metadata": {"name": format!("{name}-7d4b9c8f6"), "namespace": "shop",
-                            "annotations": ann(rs_revision),
+                            "annotations": ann(rs_revision), "managedFields": managed,
                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
                                 "name": name, "uid": "00000000-0000-4000-8000-0000000000d0", "controller": true}]},
                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}},
@@ -392,9 +407,10 @@ fn rolling_update_and_scale_down_are_told_apart() {
     let k = Cluster::new();
     let agent = k.agent();
     // web: the Deployment moved to revision 2; the pod's ReplicaSet is revision 1.
-    deployment(&k.api, "web", "2", "1", 1, 1);
-    // api: current ReplicaSet, scaled from 2 to 1.
-    deployment(&k.api, "api", "1", "1", 1, 2);
+    deployment(&k.api, "web", ("2", "1"), (1, 1), false);
+    // api: current ReplicaSet, scaled from 2 to 1 just now; its controller has already
+    // counted the pod it deletes out of its status.
+    deployment(&k.api, "api", ("1", "1"), (1, 1), true);
     let old = k.node.run_pod(pod("web-old", IGNORING)).expect("pod");
     let mut def = pod("api-2", TRAPPING);
     def.deployment = Some("api".into());
@@ -439,6 +455,17 @@ fn rolling_update_and_scale_down_are_told_apart() {
     );
     let s = pod_termination(&agent, "api-2");
     assert_eq!(s["cause"], "scale_down", "{s:#}");
+    let evidence = s["timeline"]
+        .as_array()
+        .and_then(|es| es.iter().find(|e| e["what"] == "cause"))
+        .and_then(|e| e["detail"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        evidence
+            .starts_with("cause scale_down: ReplicaSet api-7d4b9c8f6's replicas were set to 1 at "),
+        "{evidence}"
+    );
     let db = pod_termination(&agent, "db-0");
     assert_eq!(db["cause"], "rollout", "{db:#}");
     assert!(

@@ -2,7 +2,10 @@
 //! seen (no cluster-wide watch): a ReplicaSet that is no longer its Deployment's current
 //! revision (a rolling update), a StatefulSet whose update revision is not the pod's
 //! (a rolling update) or whose replicas no longer cover the pod's ordinal (a scale-down),
-//! a current ReplicaSet that wants fewer pods than it has (a scale-down). Reads are
+//! a current ReplicaSet that wants fewer pods than it has, or whose `spec.replicas` was
+//! written shortly before the deletion (a scale-down: its `managedFields` time; the
+//! ReplicaSet controller counts the deleted pod out of `status.replicas` at once, and a
+//! pod deleted by hand leaves the ReplicaSet's spec alone). Reads are
 //! cached briefly, so a rollout or scale-down of many pods costs a few requests, and
 //! every request is counted (`gracewatch_kube_owner_requests_total`).
 
@@ -12,16 +15,27 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::{
+    api::apps::v1::{Deployment, ReplicaSet, StatefulSet},
+    apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry,
+};
 use kube::{Api, Client};
+use time::OffsetDateTime;
 
-use super::{model::ApiPod, node::OwnerVerdict};
+use super::{
+    model::{to_datetime, ApiPod},
+    node::OwnerVerdict,
+};
 use crate::metrics::KubeMetrics;
 
 /// How long an owner read is reused: a rollout deletes pods in bursts.
 const CACHE_TTL: Duration = Duration::from_secs(2);
 /// Owners cached at most; the cache is emptied when it is full.
 const CACHE_MAX: usize = 256;
+/// A ReplicaSet whose replicas were written this long before a deletion (or up to
+/// [`SCALED_AFTER`] after it, clocks and whole seconds) was scaled down for it.
+const SCALED_BEFORE: time::Duration = time::Duration::seconds(30);
+const SCALED_AFTER: time::Duration = time::Duration::seconds(2);
 /// Deployment annotation with its (and each of its ReplicaSets') revision.
 const REVISION: &str = "deployment.kubernetes.io/revision";
 
@@ -34,6 +48,8 @@ pub struct RsFacts {
     pub status_replicas: i32,
     /// Its controlling Deployment's name.
     pub deployment: Option<String>,
+    /// When `spec.replicas` was last written (its managedFields entry's time).
+    pub replicas_written: Option<OffsetDateTime>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -60,8 +76,29 @@ pub fn worth_asking(pod: &ApiPod) -> bool {
         )
 }
 
-/// The verdict on a ReplicaSet's pod.
-pub fn replicaset_verdict(rs: &RsFacts, d: Option<&DeploymentFacts>) -> Option<OwnerVerdict> {
+/// When `spec.replicas` was last written: the time of the managedFields entry (not of
+/// the status subresource) that owns `f:spec` → `f:replicas`.
+fn replicas_written(entries: &[ManagedFieldsEntry]) -> Option<OffsetDateTime> {
+    entries
+        .iter()
+        .filter(|e| e.subresource.as_deref().is_none_or(str::is_empty))
+        .filter(|e| {
+            e.fields_v1.as_ref().is_some_and(|f| {
+                f.0.get("f:spec")
+                    .and_then(|s| s.get("f:replicas"))
+                    .is_some()
+            })
+        })
+        .filter_map(|e| e.time.as_ref().and_then(|t| to_datetime(&t.0)))
+        .max()
+}
+
+/// The verdict on a ReplicaSet's pod deleted at `deleted` (the request, API time).
+pub fn replicaset_verdict(
+    rs: &RsFacts,
+    d: Option<&DeploymentFacts>,
+    deleted: Option<OffsetDateTime>,
+) -> Option<OwnerVerdict> {
     if let (Some(d), Some(mine), Some(current)) = (
         d,
         rs.revision.as_deref(),
@@ -78,11 +115,24 @@ pub fn replicaset_verdict(rs: &RsFacts, d: Option<&DeploymentFacts>) -> Option<O
         }
     }
     let wanted = rs.replicas.unwrap_or(1);
-    (wanted < rs.status_replicas || wanted == 0).then(|| OwnerVerdict {
+    if wanted < rs.status_replicas || wanted == 0 {
+        return Some(OwnerVerdict {
+            cause: "scale_down",
+            evidence: format!(
+                "ReplicaSet {} wants {wanted} replicas and had {}: scaled down",
+                rs.name, rs.status_replicas
+            ),
+        });
+    }
+    let (written, deleted) = (rs.replicas_written?, deleted?);
+    let ago = deleted - written;
+    (ago <= SCALED_BEFORE && ago >= -SCALED_AFTER).then(|| OwnerVerdict {
         cause: "scale_down",
         evidence: format!(
-            "ReplicaSet {} wants {wanted} replicas and had {}: scaled down",
-            rs.name, rs.status_replicas
+            "ReplicaSet {}'s replicas were set to {wanted} at {}, {}s before the deletion: scaled down",
+            rs.name,
+            crate::clock::rfc3339(written),
+            ago.whole_seconds().max(0)
         ),
     })
 }
@@ -156,7 +206,10 @@ impl Owners {
                     Some(d) => self.deployment(ns, d).await,
                     None => None,
                 };
-                replicaset_verdict(&rs, d.as_ref())
+                let deleted = pod.deletion_timestamp.map(|t| {
+                    t - time::Duration::seconds(pod.effective_grace_seconds().clamp(0, 1 << 30))
+                });
+                replicaset_verdict(&rs, d.as_ref(), deleted)
             }
             "StatefulSet" => {
                 let sts = self.statefulset(ns, name).await?;
@@ -221,6 +274,11 @@ impl Owners {
                     .and_then(|a| a.get(REVISION).cloned()),
                 replicas: rs.spec.replicas,
                 status_replicas: rs.status.as_ref().map_or(0, |s| s.replicas),
+                replicas_written: rs
+                    .metadata
+                    .managed_fields
+                    .as_deref()
+                    .and_then(replicas_written),
                 deployment: rs
                     .metadata
                     .owner_references
@@ -280,6 +338,7 @@ mod tests {
             replicas: Some(replicas),
             status_replicas: had,
             deployment: Some("web".into()),
+            replicas_written: None,
         }
     }
 
@@ -298,14 +357,61 @@ mod tests {
             (rs("1", 2, 2), None, None),
         ];
         for (i, (r, d, want)) in cases.into_iter().enumerate() {
-            assert_eq!(replicaset_verdict(&r, d).map(|v| v.cause), want, "case {i}");
+            assert_eq!(
+                replicaset_verdict(&r, d, None).map(|v| v.cause),
+                want,
+                "case {i}"
+            );
         }
-        let v = replicaset_verdict(&rs("1", 1, 2), Some(&d)).expect("verdict");
+        let v = replicaset_verdict(&rs("1", 1, 2), Some(&d), None).expect("verdict");
         assert!(
             v.evidence
                 .contains("revision 1 of Deployment web, which is at revision 2"),
             "{}",
             v.evidence
+        );
+    }
+
+    #[test]
+    fn a_satisfied_replicaset_scaled_just_before_the_deletion_was_scaled_down() {
+        let at = |s: i64| OffsetDateTime::from_unix_timestamp(1_700_000_000 + s).expect("time");
+        let d = DeploymentFacts {
+            name: "web".into(),
+            revision: Some("2".into()),
+        };
+        // (replicas written, deletion) → cause
+        let cases = [
+            (Some(at(0)), Some(at(1)), Some("scale_down")),
+            (Some(at(0)), Some(at(30)), Some("scale_down")),
+            (Some(at(0)), Some(at(31)), None),
+            (Some(at(2)), Some(at(0)), Some("scale_down")),
+            (Some(at(3)), Some(at(0)), None),
+            (None, Some(at(0)), None),
+            (Some(at(0)), None, None),
+        ];
+        for (i, (written, deleted, want)) in cases.into_iter().enumerate() {
+            let r = RsFacts {
+                replicas_written: written,
+                ..rs("2", 2, 2)
+            };
+            assert_eq!(
+                replicaset_verdict(&r, Some(&d), deleted).map(|v| v.cause),
+                want,
+                "case {i}"
+            );
+        }
+        let entries: Vec<ManagedFieldsEntry> = serde_json::from_value(serde_json::json!([
+            {"manager": "kube-controller-manager", "operation": "Update", "time": "2026-12-01T10:00:05Z",
+             "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+            {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status",
+             "time": "2026-12-01T10:00:09Z", "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:replicas": {}}}},
+            {"manager": "kubectl", "operation": "Update", "time": "2026-12-01T10:00:07Z",
+             "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:labels": {}}}}
+        ]))
+        .expect("entries");
+        assert_eq!(
+            replicas_written(&entries).map(|t| t.unix_timestamp() % 60),
+            Some(5)
         );
     }
 
