@@ -73,6 +73,10 @@ pub struct RunArgs {
     /// This node's name (Kubernetes mode).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// Record a Kubernetes Event (events.k8s.io/v1) on the pod for each diagnosis, so
+    /// `kubectl describe pod` shows it (Kubernetes mode; rate-limited per pod and node).
+    #[arg(long)]
+    pub emit_events: bool,
 }
 
 #[derive(Args, Debug)]

@@ -263,7 +263,21 @@ pub fn render(t: &Termination) -> String {
         .grace_period_seconds
         .map(|g| format!(", grace period {g}s"))
         .unwrap_or_default();
-    let _ = writeln!(out, "Termination of {who} ({state}{grace})");
+    match p(&t.restarted_container) {
+        Some(c) => {
+            let count = t
+                .restart_count
+                .map(|n| format!(", restartCount {n}"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "Container {c} of {who} ended ({state}{count})");
+        }
+        None => {
+            let _ = writeln!(out, "Termination of {who} ({state}{grace})");
+        }
+    }
+    if let Some(cause) = p(&t.cause) {
+        let _ = writeln!(out, "  cause    {cause}");
+    }
     let _ = writeln!(
         out,
         "  started  {}\n  finished {}",
@@ -450,7 +464,25 @@ mod tests {
                 container: Some("0123456789ab".into()),
                 message: message.into(),
             }],
+            cause: None,
+            restarted_container: None,
+            restart_count: None,
         }
+    }
+
+    #[test]
+    fn a_restarts_record_names_the_container_and_the_cause() {
+        let mut t = termination("sh", "0123456789abcdef", "SIGTERM", "restarted");
+        t.namespace = Some("shop".into());
+        t.pod = Some("web-1".into());
+        t.restarted_container = Some("app".into());
+        t.restart_count = Some(3);
+        t.cause = Some("liveness_probe".into());
+        let text = render(&t);
+        assert!(
+            text.starts_with("Container app of pod shop/web-1 ended (completed, restartCount 3)\n  cause    liveness_probe\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -79,6 +79,20 @@ pub fn record_key(c: &CgroupContainer) -> String {
     }
 }
 
+/// The record a finished container goes to, and whether it is the container run's own:
+/// a named container of a pod that is not being deleted and is still in the API ended
+/// by itself or was killed by kubelet to be restarted, so its run gets a record of its
+/// own (`<pod uid>/<container id>`); anything else goes to [`record_key`].
+pub fn record_key_in(view: &NodeView, c: &CgroupContainer, sandbox: bool) -> (String, bool) {
+    let pod = c.cgroup.pod_uid.as_deref().and_then(|u| view.get(u));
+    match pod {
+        Some(p) if !sandbox && p.deletion_ns.is_none() && p.removed_ns.is_none() => {
+            (format!("{}/{}", p.pod.uid, c.cgroup.container_id), true)
+        }
+        _ => (record_key(c), false),
+    }
+}
+
 /// One container's part in a pod termination, as the kernel saw it and the pod spec
 /// describes it (boot-clock ns throughout).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

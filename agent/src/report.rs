@@ -27,6 +27,18 @@ pub struct Termination {
     pub containers: Vec<ContainerReport>,
     pub timeline: Vec<TimelineEntry>,
     pub diagnoses: Vec<DiagnosisEntry>,
+    /// Why it was stopped (Kubernetes mode): rollout, scale_down, eviction, preemption,
+    /// taint, node_pressure, liveness_probe, startup_probe, oom, crash, completed, delete,
+    /// unknown. The evidence is the timeline's `cause` entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// Set on the record of one container's run that ended while its pod lived on (a
+    /// restart, or a container that finished): that container's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_container: Option<String>,
+    /// The container's `restartCount` once kubelet had restarted it after this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_count: Option<i32>,
 }
 
 impl Termination {
@@ -43,6 +55,9 @@ impl Termination {
             containers: vec![],
             timeline: vec![],
             diagnoses: vec![],
+            cause: None,
+            restarted_container: None,
+            restart_count: None,
         }
     }
 }
@@ -108,10 +123,12 @@ impl Snapshot {
             .collect()
     }
 
-    /// Terminations of the pod `namespace/name` (a pod name can be reused: all of them).
+    /// Every record of the pod `namespace/name` (its containers' restarts, its
+    /// termination; a pod name can be reused: all of them), newest first.
     pub fn by_pod(&self, namespace: &str, name: &str) -> Vec<&Termination> {
         self.terminations
             .iter()
+            .rev()
             .filter(|t| t.namespace.as_deref() == Some(namespace) && t.pod.as_deref() == Some(name))
             .map(|t| t.as_ref())
             .collect()

@@ -109,10 +109,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .set_series_ttl_ns(args.series_ttl_seconds.saturating_mul(1_000_000_000));
     let mut pipeline = Pipeline::new(Attributor::new(resolver), tracker, &metrics);
     let (kube_tx, mut kube_rx) = mpsc::channel(4096);
+    let mut events_tx = None;
     let watchers = match kube_client {
         Some((client, node)) => {
             tracing::info!(node = %node, "watching this node's pods, their endpoints and kubelet events");
-            kube::watch::spawn(client, node, kube_tx, metrics.kube.clone())
+            let mut tasks = Vec::new();
+            if args.emit_events {
+                let (tx, task) =
+                    kube::events::spawn(client.clone(), node.clone(), metrics.kube.clone());
+                events_tx = Some(tx);
+                tasks.push(task);
+            }
+            tasks.extend(kube::watch::spawn(
+                client,
+                node,
+                kube_tx,
+                metrics.kube.clone(),
+            ));
+            tasks
         }
         None => {
             drop(kube_tx);
@@ -177,6 +191,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 pipeline.sync_kernel_map(&mut probes);
                 let now = boot_now_ns();
                 pipeline.tracker().tick(now);
+                for t in pipeline.tracker().take_completed() {
+                    if let Some(tx) = &events_tx {
+                        if tx.try_send(t).is_err() {
+                            metrics.kube.event("created", "dropped");
+                        }
+                    }
+                }
                 if let Some(s) = pipeline.tracker().snapshot(now) {
                     snap_tx.send_replace(s);
                 }

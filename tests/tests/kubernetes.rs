@@ -48,8 +48,12 @@ impl Cluster {
     }
 
     fn agent(&self) -> Agent {
-        Agent::start_kubernetes(&self.kubeconfig, NODE, &["--stuck-margin-seconds", "2"])
-            .expect("agent")
+        Agent::start_kubernetes(
+            &self.kubeconfig,
+            NODE,
+            &["--stuck-margin-seconds", "2", "--emit-events"],
+        )
+        .expect("agent")
     }
 }
 
@@ -881,6 +885,29 @@ fn stuck_terminating_pod_is_reported_with_what_holds_it() {
     assert_eq!(
         m.value("gracewatch_terminating_pods{namespace=\"shop\"}"),
         Some(1.0)
+    );
+    // `kubectl describe pod` shows it: the agent's Event on the pod.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let event = loop {
+        let found = k.api.events().into_iter().find(|e| {
+            e["reportingController"] == "gracewatch.io/agent" && e["reason"] == "StuckTerminating"
+        });
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no StuckTerminating Event"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(event["regarding"]["uid"], pod.uid.as_str(), "{event:#}");
+    assert_eq!(event["reportingInstance"], NODE, "{event:#}");
+    assert!(
+        event["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("past deletion + grace period and still present")),
+        "{event:#}"
     );
 
     // kubelet finally acts: the pod completes and the gauges return to zero.

@@ -1,9 +1,13 @@
 //! The Kubernetes side: watchers of this node's pods, the endpoints of those pods and
 //! kubelet's Events about them (`watch`), the model each pod is converted into on arrival
-//! (`model`), and the API's view of the node that the updates build (`node`).
+//! (`model`), the API's view of the node that the updates build (`node`), pods' owners
+//! read on demand to say why a pod was deleted (`owners`), and the Events the agent
+//! writes about its diagnoses (`events`).
 
+pub mod events;
 pub mod model;
 pub mod node;
+pub mod owners;
 pub mod watch;
 
 pub use model::{ApiContainerKind, ApiPod, PreStop, SANDBOX};

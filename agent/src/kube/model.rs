@@ -27,15 +27,16 @@ pub enum PreStop {
     TcpSocket,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ApiContainerKind {
+    #[default]
     App,
     /// Init containers, native sidecars (`restartPolicy: Always`) among them.
     Init,
     Ephemeral,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApiContainer {
     pub name: String,
     pub kind: ApiContainerKind,
@@ -46,16 +47,39 @@ pub struct ApiContainer {
     /// Runtime container id without its `containerd://` scheme, once started.
     pub container_id: Option<String>,
     pub terminated: Option<ApiTerminated>,
+    /// How often kubelet restarted it (`restartCount`).
+    pub restart_count: i32,
+    /// The previous run's end (`lastState.terminated`), with that run's container id.
+    pub last_terminated: Option<ApiTerminated>,
+    /// `state.waiting` as (reason, message), e.g. ("CrashLoopBackOff", "back-off 20s …").
+    pub waiting: Option<(String, String)>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApiTerminated {
     pub exit_code: i32,
     pub signal: Option<i32>,
     pub reason: Option<String>,
+    /// The run's container id, without its scheme.
+    pub container_id: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the pod's metadata and status say about why it was stopped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApiStopFacts {
+    /// The controlling owner reference: (kind, name).
+    pub controller: Option<(String, String)>,
+    /// Label `pod-template-hash` (ReplicaSet pods).
+    pub template_hash: Option<String>,
+    /// Label `controller-revision-hash` (StatefulSet and DaemonSet pods).
+    pub revision_hash: Option<String>,
+    /// The `DisruptionTarget` condition, when true: (reason, message).
+    pub disruption: Option<(String, String)>,
+    /// `status.reason` and `status.message` (kubelet's node-pressure eviction: "Evicted").
+    pub status_reason: Option<(String, String)>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApiPod {
     pub uid: String,
     pub namespace: String,
@@ -71,6 +95,7 @@ pub struct ApiPod {
     pub termination_grace_seconds: i64,
     pub finalizers: Vec<String>,
     pub containers: Vec<ApiContainer>,
+    pub stop: ApiStopFacts,
 }
 
 impl ApiPod {
@@ -81,9 +106,31 @@ impl ApiPod {
     }
 
     pub fn container_by_id(&self, id: &str) -> Option<&ApiContainer> {
-        self.containers
-            .iter()
-            .find(|c| c.container_id.as_deref() == Some(id))
+        self.containers.iter().find(|c| {
+            c.container_id.as_deref() == Some(id)
+                || c.last_terminated
+                    .as_ref()
+                    .is_some_and(|t| t.container_id.as_deref() == Some(id))
+        })
+    }
+
+    /// Every container id the pod's status names: current runs and previous ones.
+    pub fn container_ids(&self) -> impl Iterator<Item = (&str, &ApiContainer)> {
+        self.containers.iter().flat_map(|c| {
+            let last = c
+                .last_terminated
+                .as_ref()
+                .and_then(|t| t.container_id.as_deref());
+            c.container_id
+                .as_deref()
+                .into_iter()
+                .chain(last)
+                .map(move |id| (id, c))
+        })
+    }
+
+    pub fn container(&self, name: &str) -> Option<&ApiContainer> {
+        self.containers.iter().find(|c| c.name == name)
     }
 }
 
@@ -129,7 +176,7 @@ pub fn api_pod(pod: &Pod) -> Result<ApiPod, ModelError> {
                 prestop: None,
                 stop_signal: None,
                 container_id: st.container_id.as_deref().map(strip_scheme),
-                terminated: None,
+                ..ApiContainer::default()
             }),
     );
     Ok(ApiPod {
@@ -152,7 +199,48 @@ pub fn api_pod(pod: &Pod) -> Result<ApiPod, ModelError> {
             .unwrap_or(DEFAULT_GRACE_SECONDS),
         finalizers: meta.finalizers.clone().unwrap_or_default(),
         containers,
+        stop: stop_facts(meta, status),
     })
+}
+
+fn stop_facts(meta: &ObjectMeta, status: Option<&PodStatus>) -> ApiStopFacts {
+    let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k)).cloned();
+    ApiStopFacts {
+        controller: meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| (o.kind.clone(), o.name.clone())),
+        template_hash: label("pod-template-hash"),
+        revision_hash: label("controller-revision-hash"),
+        disruption: status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+            })
+            .map(|c| {
+                (
+                    c.reason.clone().unwrap_or_default(),
+                    c.message.clone().unwrap_or_default(),
+                )
+            }),
+        status_reason: status.and_then(|s| {
+            s.reason
+                .clone()
+                .map(|r| (r, s.message.clone().unwrap_or_default()))
+        }),
+    }
+}
+
+fn terminated(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> ApiTerminated {
+    ApiTerminated {
+        exit_code: t.exit_code,
+        signal: t.signal,
+        reason: t.reason.clone(),
+        container_id: t.container_id.as_deref().map(strip_scheme),
+    }
 }
 
 fn container(c: &Container, statuses: &[&ContainerStatus], kind: ApiContainerKind) -> ApiContainer {
@@ -184,10 +272,20 @@ fn container(c: &Container, statuses: &[&ContainerStatus], kind: ApiContainerKin
         terminated: status
             .and_then(|s| s.state.as_ref())
             .and_then(|s| s.terminated.as_ref())
-            .map(|t| ApiTerminated {
-                exit_code: t.exit_code,
-                signal: t.signal,
-                reason: t.reason.clone(),
+            .map(terminated),
+        restart_count: status.map_or(0, |s| s.restart_count),
+        last_terminated: status
+            .and_then(|s| s.last_state.as_ref())
+            .and_then(|s| s.terminated.as_ref())
+            .map(terminated),
+        waiting: status
+            .and_then(|s| s.state.as_ref())
+            .and_then(|s| s.waiting.as_ref())
+            .map(|w| {
+                (
+                    w.reason.clone().unwrap_or_default(),
+                    w.message.clone().unwrap_or_default(),
+                )
             }),
     }
 }
@@ -374,6 +472,55 @@ mod tests {
             ("proxy", ApiContainerKind::Init)
         );
         assert!(p.deletion_timestamp.is_some());
+    }
+
+    #[test]
+    fn restarts_and_stop_facts() {
+        let mut v = serde_json::to_value(pod_json(serde_json::json!({
+            "labels": {"controller-revision-hash": "db-5c9"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db",
+                                 "uid": "o", "controller": true}]
+        })))
+        .expect("json");
+        v["status"]["containerStatuses"][0]["restartCount"] = 2.into();
+        v["status"]["containerStatuses"][0]["lastState"] = serde_json::json!(
+            {"terminated": {"exitCode": 3, "reason": "Error", "containerID": "containerd://old"}});
+        v["status"]["containerStatuses"][1]["state"] = serde_json::json!(
+            {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting failed container=side"}});
+        v["status"]["reason"] = "Evicted".into();
+        v["status"]["message"] = "The node was low on resource: memory.".into();
+        v["status"]["conditions"] = serde_json::json!([
+            {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet", "message": "memory pressure"},
+            {"type": "Ready", "status": "False"}]);
+        let p = api_pod(&serde_json::from_value(v).expect("pod")).expect("convert");
+        let app = &p.containers[0];
+        assert_eq!(app.restart_count, 2);
+        assert_eq!(
+            app.last_terminated
+                .as_ref()
+                .and_then(|t| t.container_id.as_deref()),
+            Some("old")
+        );
+        assert_eq!(
+            p.container_by_id("old").map(|c| c.name.as_str()),
+            Some("app")
+        );
+        let ids: Vec<&str> = p.container_ids().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["abc", "old", "def"]);
+        assert_eq!(
+            p.containers[1].waiting.as_ref().map(|(r, _)| r.as_str()),
+            Some("CrashLoopBackOff")
+        );
+        assert_eq!(p.stop.controller, Some(("StatefulSet".into(), "db".into())));
+        assert_eq!(p.stop.revision_hash.as_deref(), Some("db-5c9"));
+        assert_eq!(
+            p.stop.disruption,
+            Some(("TerminationByKubelet".into(), "memory pressure".into()))
+        );
+        assert_eq!(
+            p.stop.status_reason.as_ref().map(|(r, _)| r.as_str()),
+            Some("Evicted")
+        );
     }
 
     #[test]

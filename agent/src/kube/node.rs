@@ -46,7 +46,22 @@ pub struct ApiPodState {
     /// Earliest kubelet `Killing` Event.
     pub killing_ns: Option<u64>,
     timeline: VecDeque<TimelineEntry>,
-    terminated_seen: HashSet<String>,
+    /// Container ids (or names, for a status without ids) whose end the status has
+    /// shown, with when it was first seen (boot clock).
+    terminated_seen: HashMap<String, u64>,
+    /// Container id → the `restartCount` the status showed while that run was current.
+    run_restart_counts: HashMap<String, i32>,
+    /// Per container, the waiting reason and restart count last put on the timeline.
+    waiting_seen: HashMap<String, String>,
+    /// Why the pod's owner stopped it, once read (see `owners`).
+    pub owner_verdict: Option<OwnerVerdict>,
+}
+
+/// What the pod's owners said about its deletion: the cause and the evidence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerVerdict {
+    pub cause: &'static str,
+    pub evidence: String,
 }
 
 impl ApiPodState {
@@ -60,11 +75,39 @@ impl ApiPodState {
             endpoints: HashMap::new(),
             killing_ns: None,
             timeline: VecDeque::new(),
-            terminated_seen: HashSet::new(),
+            terminated_seen: HashMap::new(),
+            waiting_seen: HashMap::new(),
+            run_restart_counts: HashMap::new(),
+            owner_verdict: None,
         }
     }
 
+    /// The container's `restartCount` after run `id`: what the status showed while the
+    /// run was current, one more once kubelet has started the next run (`restarted`).
+    pub fn restart_count_after(&self, id: &str, restarted: bool) -> Option<i32> {
+        self.run_restart_counts
+            .get(id)
+            .map(|n| n + i32::from(restarted))
+    }
+
+    /// When the API's status first showed container run `id` ended (its own state
+    /// terminated, or a later run's `lastState`).
+    pub fn ended_seen_ns(&self, id: &str) -> Option<u64> {
+        self.terminated_seen.get(id).copied()
+    }
+
     fn note(&mut self, clock: &Clock, at_ns: u64, what: &str, detail: String) {
+        self.note_about(clock, at_ns, what, None, detail);
+    }
+
+    fn note_about(
+        &mut self,
+        clock: &Clock,
+        at_ns: u64,
+        what: &str,
+        container: Option<String>,
+        detail: String,
+    ) {
         if self.timeline.len() >= MAX_POD_TIMELINE {
             // The oldest entries matter least: the termination is at the end.
             self.timeline.pop_front();
@@ -72,10 +115,24 @@ impl ApiPodState {
         self.timeline.push_back(TimelineEntry {
             at: clock.rfc3339(at_ns),
             what: what.to_string(),
-            container: None,
+            container,
             detail,
             at_ns,
         });
+    }
+
+    /// Entries between `from` and `to` (inclusive), pod-level or about `container`.
+    pub fn timeline_between<'a>(
+        &'a self,
+        from: u64,
+        to: u64,
+        container: &'a str,
+    ) -> impl Iterator<Item = &'a TimelineEntry> {
+        self.timeline.iter().filter(move |e| {
+            e.at_ns >= from
+                && e.at_ns <= to
+                && e.container.as_deref().is_none_or(|c| c == container)
+        })
     }
 
     /// Entries from shortly before `start` on: what a record starting then should show.
@@ -216,28 +273,47 @@ impl NodeView {
                 }
                 vec![PodChange::None]
             }
+            KubeUpdate::Owner { pod_uid, verdict } => {
+                // Its evidence goes on the record's timeline as its `cause` entry.
+                if let Some(p) = self.by_uid.get_mut(&pod_uid) {
+                    p.owner_verdict = Some(verdict);
+                }
+                vec![PodChange::None]
+            }
             KubeUpdate::KubeletEvent {
                 pod_uid,
+                container,
                 reason,
                 message,
                 time,
+                listed,
                 at_ns,
             } => {
                 let Some(p) = self.by_uid.get_mut(&pod_uid) else {
                     return vec![PodChange::None];
                 };
-                let at = event_time_ns(time, at_ns, clock);
-                if reason == "Killing" {
+                // An Event listed when its watch started happened before the arrival:
+                // its own time, however coarse, is closer.
+                let at = match (listed, time) {
+                    (true, Some(t)) => clock.boot_ns(t).min(at_ns),
+                    _ => event_time_ns(time, at_ns, clock),
+                };
+                if reason == "Killing" && p.deletion_ns.is_some() {
                     p.killing_ns = Some(p.killing_ns.map_or(at, |k| k.min(at)));
                 }
                 let api_time = time
                     .map(crate::clock::rfc3339)
                     .unwrap_or_else(|| "-".into());
-                p.note(
+                p.note_about(
                     clock,
                     at,
                     &format!("event_{}", reason.to_ascii_lowercase()),
-                    format!("kubelet Event {reason}: {message} (API time {api_time})"),
+                    container,
+                    if listed {
+                        format!("kubelet Event {reason}: {message} (API time {api_time}, listed when its watch started)")
+                    } else {
+                        format!("kubelet Event {reason}: {message} (API time {api_time})")
+                    },
                 );
                 vec![PodChange::None]
             }
@@ -246,12 +322,10 @@ impl NodeView {
 
     fn pod(&mut self, pod: Arc<ApiPod>, at_ns: u64, clock: &Clock) -> PodChange {
         // Ids and IPs the pod no longer has (restarts, new IPs) leave the indexes.
+        // A restarted container's previous id stays in `lastState`, so the exit of the
+        // run it names still resolves to the container, never to the sandbox.
         if let Some(old) = self.by_uid.get(&pod.uid).map(|p| p.pod.clone()) {
-            for id in old
-                .containers
-                .iter()
-                .filter_map(|c| c.container_id.as_ref())
-            {
+            for (id, _) in old.container_ids() {
                 if pod.container_by_id(id).is_none() {
                     self.by_container.remove(id);
                 }
@@ -262,11 +336,9 @@ impl NodeView {
                 }
             }
         }
-        for c in &pod.containers {
-            if let Some(id) = &c.container_id {
-                self.by_container
-                    .insert(id.clone(), (pod.uid.clone(), c.name.clone()));
-            }
+        for (id, c) in pod.container_ids() {
+            self.by_container
+                .insert(id.to_string(), (pod.uid.clone(), c.name.clone()));
         }
         for ip in &pod.ips {
             self.by_ip.insert(ip.clone(), pod.uid.clone());
@@ -279,21 +351,71 @@ impl NodeView {
             .or_insert_with(|| ApiPodState::new(pod.clone()));
         p.pod = pod.clone();
         for c in &pod.containers {
-            if let Some(t) = &c.terminated {
-                if p.terminated_seen.insert(c.name.clone()) {
-                    let signal = t
-                        .signal
-                        .map(|s| format!(", signal {s}"))
-                        .unwrap_or_default();
-                    let reason = t.reason.as_deref().unwrap_or("-");
-                    p.note(
+            if let Some(id) = &c.container_id {
+                p.run_restart_counts.insert(id.clone(), c.restart_count);
+            }
+            let runs = [(&c.terminated, false), (&c.last_terminated, true)];
+            for (t, restarted) in runs {
+                let Some(t) = t else { continue };
+                let id = t
+                    .container_id
+                    .clone()
+                    .or_else(|| c.container_id.clone().filter(|_| !restarted))
+                    .unwrap_or_else(|| c.name.clone());
+                if p.terminated_seen.contains_key(&id) {
+                    continue;
+                }
+                p.terminated_seen.insert(id.clone(), at_ns);
+                let signal = t
+                    .signal
+                    .map(|s| format!(", signal {s}"))
+                    .unwrap_or_default();
+                let reason = t.reason.as_deref().unwrap_or("-");
+                let (what, detail) = if restarted {
+                    let short: String = id.chars().take(12).collect();
+                    (
+                        "restarted_status",
+                        format!(
+                            "API: container {}'s previous run {short} terminated, exitCode {}{signal}, reason {reason} (restartCount {}) (watch)",
+                            c.name, t.exit_code, c.restart_count
+                        ),
+                    )
+                } else {
+                    (
+                        "terminated_status",
+                        format!(
+                            "API: container {} terminated, exitCode {}{signal}, reason {reason} (watch)",
+                            c.name, t.exit_code
+                        ),
+                    )
+                };
+                p.note_about(clock, at_ns, what, Some(c.name.clone()), detail);
+            }
+            if let Some((reason, message)) = &c.waiting {
+                let key = format!("{reason}:{}", c.restart_count);
+                let fresh = p.waiting_seen.get(&c.name) != Some(&key);
+                if !reason.is_empty() && reason != "ContainerCreating" && fresh {
+                    p.waiting_seen.insert(c.name.clone(), key);
+                    p.note_about(
                         clock,
                         at_ns,
-                        "terminated_status",
-                        format!("API: container {} terminated, exitCode {}{signal}, reason {reason} (watch)", c.name, t.exit_code),
+                        "waiting_status",
+                        Some(c.name.clone()),
+                        format!(
+                            "API: container {} waiting, reason {reason}: {message} (watch)",
+                            c.name
+                        ),
                     );
                 }
             }
+        }
+        // Only ids the status still names are kept (a crash loop makes new ones).
+        let named: HashSet<String> = pod.container_ids().map(|(id, _)| id.to_string()).collect();
+        if p.terminated_seen.len() > 64 {
+            p.terminated_seen.retain(|k, _| named.contains(k));
+        }
+        if p.run_restart_counts.len() > 64 {
+            p.run_restart_counts.retain(|k, _| named.contains(k));
         }
         let (Some(deadline), None) = (pod.deletion_timestamp, p.deletion_ns) else {
             return PodChange::Updated(uid);
@@ -344,10 +466,8 @@ impl NodeView {
 
     fn forget(&mut self, uid: &str) {
         if let Some(p) = self.by_uid.remove(uid) {
-            for c in &p.pod.containers {
-                if let Some(id) = &c.container_id {
-                    self.by_container.remove(id);
-                }
+            for (id, _) in p.pod.container_ids() {
+                self.by_container.remove(id);
             }
             for ip in &p.pod.ips {
                 if self.by_ip.get(ip).map(String::as_str) == Some(uid) {
@@ -491,8 +611,9 @@ mod tests {
                 prestop: None,
                 stop_signal: None,
                 container_id: Some("c1".into()),
-                terminated: None,
+                ..Default::default()
             }],
+            ..Default::default()
         })
     }
 
@@ -534,6 +655,51 @@ mod tests {
             .map(|e| e.what.as_str())
             .collect();
         assert_eq!(whats, ["deletion_requested", "pod_removed"]);
+    }
+
+    #[test]
+    fn a_restarted_containers_old_id_still_names_it() {
+        let clock = Clock::with_offset_ns(0);
+        let mut v = NodeView::default();
+        v.apply(
+            KubeUpdate::Pod {
+                pod: pod(false),
+                at_ns: S,
+            },
+            &clock,
+        );
+        let mut restarted = (*pod(false)).clone();
+        restarted.containers[0].container_id = Some("c2".into());
+        restarted.containers[0].restart_count = 1;
+        restarted.containers[0].last_terminated = Some(crate::kube::model::ApiTerminated {
+            exit_code: 137,
+            reason: Some("Error".into()),
+            container_id: Some("c1".into()),
+            ..Default::default()
+        });
+        v.apply(
+            KubeUpdate::Pod {
+                pod: Arc::new(restarted),
+                at_ns: 2 * S,
+            },
+            &clock,
+        );
+        assert_eq!(v.container("c1"), Some(("u1", "app")), "the old run");
+        assert_eq!(v.container("c2"), Some(("u1", "app")), "the new run");
+        let p = v.get("u1").expect("pod");
+        assert_eq!(p.ended_seen_ns("c1"), Some(2 * S));
+        let entry = p
+            .timeline_since(0)
+            .find(|e| e.what == "restarted_status")
+            .expect("restart on the timeline");
+        assert_eq!(entry.container.as_deref(), Some("app"));
+        assert!(
+            entry.detail.contains(
+                "API: container app's previous run c1 terminated, exitCode 137, reason Error (restartCount 1)"
+            ),
+            "{}",
+            entry.detail
+        );
     }
 
     #[test]

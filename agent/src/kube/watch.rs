@@ -24,11 +24,13 @@ use super::model::{api_pod, to_datetime, ApiPod};
 use crate::{clock::boot_now_ns, metrics::KubeMetrics};
 
 /// kubelet Event reasons that belong on a termination timeline.
-pub const KUBELET_REASONS: [&str; 4] = [
+pub const KUBELET_REASONS: [&str; 6] = [
     "Killing",
     "FailedPreStopHook",
     "FailedKillPod",
     "ExceededGracePeriod",
+    "Unhealthy",
+    "BackOff",
 ];
 /// How long a deleted pod's Events are still watched (late events).
 const EVENTS_LINGER: Duration = Duration::from_secs(30);
@@ -59,12 +61,42 @@ pub enum KubeUpdate {
     /// A kubelet Event about one of this node's pods.
     KubeletEvent {
         pod_uid: String,
+        /// The container it is about (`involvedObject.fieldPath`), if any.
+        container: Option<String>,
         reason: String,
         message: String,
         /// The event's own time (API clock, as precise as the server stores it).
         time: Option<OffsetDateTime>,
+        /// It was there when the watch started (listed), not seen as it happened.
+        listed: bool,
         at_ns: u64,
     },
+    /// What the pod's owners say about why it was deleted.
+    Owner {
+        pod_uid: String,
+        verdict: super::node::OwnerVerdict,
+    },
+}
+
+/// The container an Event's `fieldPath` names (`spec.containers{app}`).
+pub fn field_path_container(path: &str) -> Option<String> {
+    let rest = path
+        .strip_prefix("spec.containers{")
+        .or_else(|| path.strip_prefix("spec.initContainers{"))?;
+    rest.strip_suffix('}').map(str::to_string)
+}
+
+/// Signs that a pod's containers are being restarted: its kubelet Events are watched
+/// from then on (probe failures, kills, back-off), as they are while it terminates.
+pub fn restarting(pod: &ApiPod) -> bool {
+    pod.containers.iter().any(|c| {
+        c.restart_count > 0
+            || c.last_terminated.is_some()
+            || c.terminated.is_some()
+            || c.waiting
+                .as_ref()
+                .is_some_and(|(r, _)| r != "ContainerCreating")
+    })
 }
 
 /// Log filter directives for the Kubernetes libraries: a failing watch is logged once,
@@ -81,6 +113,7 @@ pub fn spawn(
 ) -> Vec<JoinHandle<()>> {
     let known = Arc::new(RwLock::new(HashSet::new()));
     let watch = Watch {
+        owners: Arc::new(super::owners::Owners::new(client.clone(), metrics.clone())),
         client,
         tx,
         metrics,
@@ -96,6 +129,7 @@ pub fn spawn(
 #[derive(Clone)]
 struct Watch {
     client: Client,
+    owners: Arc<super::owners::Owners>,
     tx: mpsc::Sender<KubeUpdate>,
     metrics: Arc<KubeMetrics>,
     retry: RetryPolicy,
@@ -210,8 +244,10 @@ async fn pods(watch: Watch, node: String, known: Arc<RwLock<HashSet<String>>>) {
         tx,
         metrics,
         retry: policy,
+        ..
     } = watch.clone();
     let api: Api<Pod> = Api::all(client.clone());
+    let mut explained: HashSet<String> = HashSet::new();
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut stream = watcher(api, cfg).boxed();
     let mut retry = Retry::new("pods", policy);
@@ -233,9 +269,30 @@ async fn pods(watch: Watch, node: String, known: Arc<RwLock<HashSet<String>>>) {
                     if let Ok(mut k) = known.write() {
                         k.insert(info.uid.clone());
                     }
-                    if info.deletion_timestamp.is_some() && !events.contains_key(&info.uid) {
+                    let watch_events = info.deletion_timestamp.is_some() || restarting(&info);
+                    if watch_events && !events.contains_key(&info.uid) {
                         let h = tokio::spawn(kubelet_events(watch.clone(), info.uid.clone()));
                         events.insert(info.uid.clone(), h);
+                    }
+                    // Why its owner deleted it: read once, on the deletion.
+                    if info.deletion_timestamp.is_some()
+                        && super::owners::worth_asking(&info)
+                        && explained.insert(info.uid.clone())
+                    {
+                        if explained.len() > 4096 {
+                            explained.clear();
+                        }
+                        let (owners, tx, pod) = (watch.owners.clone(), tx.clone(), info.clone());
+                        tokio::spawn(async move {
+                            if let Some(verdict) = owners.explain(&pod).await {
+                                let _ = tx
+                                    .send(KubeUpdate::Owner {
+                                        pod_uid: pod.uid.clone(),
+                                        verdict,
+                                    })
+                                    .await;
+                            }
+                        });
                     }
                     KubeUpdate::Pod {
                         pod: Arc::new(info),
@@ -304,53 +361,112 @@ async fn kubelet_events(watch: Watch, uid: String) {
         tx,
         metrics,
         retry: policy,
+        ..
     } = watch;
     let api: Api<Event> = Api::all(client);
     let cfg = watcher::Config::default().fields(&format!("involvedObject.uid={uid}"));
     let mut stream = watcher(api, cfg).boxed();
     let mut retry = Retry::new("events", policy);
     let mut seen: HashSet<(String, i32)> = HashSet::new();
+    // Events there when the watch (re)starts arrive in name order; they are sent in the
+    // order they happened (their time, then creation), since their API times often tie
+    // at whole seconds.
+    let mut listing: Option<Vec<Event>> = None;
     while let Some(item) = stream.next().await {
         retry.saw(&item);
-        let ev = match item {
-            Ok(watcher::Event::InitApply(e) | watcher::Event::Apply(e)) => e,
-            Ok(_) => continue,
+        let batch = match item {
+            Ok(watcher::Event::Init) => {
+                listing = Some(Vec::new());
+                continue;
+            }
+            Ok(watcher::Event::InitApply(e)) => {
+                match listing.as_mut() {
+                    Some(l) if l.len() < MAX_LISTED_EVENTS => l.push(e),
+                    Some(_) => {}
+                    None => listing = Some(vec![e]),
+                }
+                continue;
+            }
+            Ok(watcher::Event::InitDone) => {
+                let mut l = listing.take().unwrap_or_default();
+                l.sort_by_key(|e| (event_time(e), resource_version(e)));
+                l.into_iter().map(|e| (e, true)).collect()
+            }
+            Ok(watcher::Event::Apply(e)) => vec![(e, false)],
+            Ok(watcher::Event::Delete(_)) => continue,
             Err(e) => {
                 retry.back_off(&metrics, &e).await;
                 continue;
             }
         };
-        let reason = ev.reason.clone().unwrap_or_default();
-        if !KUBELET_REASONS.contains(&reason.as_str()) {
-            continue;
-        }
-        // A relist replays events already sent; an Event's count grows on repeats.
-        let key = (
-            ev.metadata.uid.clone().unwrap_or_default(),
-            ev.count.unwrap_or(1),
-        );
-        if !seen.insert(key) {
-            continue;
-        }
-        let time = ev
-            .event_time
-            .as_ref()
-            .map(|t| t.0)
-            .or(ev.last_timestamp.as_ref().map(|t| t.0))
-            .or(ev.first_timestamp.as_ref().map(|t| t.0))
-            .as_ref()
-            .and_then(to_datetime);
-        let update = KubeUpdate::KubeletEvent {
-            pod_uid: uid.clone(),
-            reason,
-            message: ev.message.unwrap_or_default(),
-            time,
-            at_ns: boot_now_ns(),
-        };
-        if tx.send(update).await.is_err() {
-            break;
+        for (ev, listed) in batch {
+            let Some(update) = kubelet_event(&uid, ev, listed, &mut seen) else {
+                continue;
+            };
+            if tx.send(update).await.is_err() {
+                return;
+            }
         }
     }
+}
+
+/// Events of one pod kept from a (re)list, at most.
+const MAX_LISTED_EVENTS: usize = 1024;
+
+/// An Event's own time: its eventTime, else its last, else its first timestamp.
+fn event_time(ev: &Event) -> Option<OffsetDateTime> {
+    ev.event_time
+        .as_ref()
+        .map(|t| t.0)
+        .or(ev.last_timestamp.as_ref().map(|t| t.0))
+        .or(ev.first_timestamp.as_ref().map(|t| t.0))
+        .as_ref()
+        .and_then(to_datetime)
+}
+
+fn resource_version(ev: &Event) -> u64 {
+    ev.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The update for one of a pod's Events, if it is kubelet's about termination or
+/// restarts and not one already sent (a relist replays them; a repeat grows `count`).
+fn kubelet_event(
+    uid: &str,
+    ev: Event,
+    listed: bool,
+    seen: &mut HashSet<(String, i32)>,
+) -> Option<KubeUpdate> {
+    let reason = ev.reason.clone().unwrap_or_default();
+    if !KUBELET_REASONS.contains(&reason.as_str()) {
+        return None;
+    }
+    let count = ev.count.unwrap_or(1);
+    if !seen.insert((ev.metadata.uid.clone().unwrap_or_default(), count)) {
+        return None;
+    }
+    let time = event_time(&ev);
+    let message = ev.message.unwrap_or_default();
+    Some(KubeUpdate::KubeletEvent {
+        pod_uid: uid.to_string(),
+        container: ev
+            .involved_object
+            .field_path
+            .as_deref()
+            .and_then(field_path_container),
+        reason,
+        message: if count > 1 {
+            format!("{message} (x{count})")
+        } else {
+            message
+        },
+        time,
+        listed,
+        at_ns: boot_now_ns(),
+    })
 }
 
 type SliceEndpoints = HashMap<String, EndpointState>;
@@ -361,6 +477,7 @@ async fn endpoint_slices(watch: Watch, node: String, known: Arc<RwLock<HashSet<S
         tx,
         metrics,
         retry: policy,
+        ..
     } = watch;
     let api: Api<EndpointSlice> = Api::all(client);
     let mut stream = watcher(api, watcher::Config::default()).boxed();
@@ -513,6 +630,57 @@ mod tests {
             "targetRef": {"kind": "Pod", "uid": uid, "name": uid, "namespace": "shop"},
             "conditions": conditions,
         })
+    }
+
+    fn core_event(uid: &str, rv: &str, reason: &str, at: &str, count: i32) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("web-1.{uid}"), "uid": uid, "resourceVersion": rv},
+            "involvedObject": {"kind": "Pod", "uid": "p1", "fieldPath": "spec.containers{app}"},
+            "reason": reason, "message": "m", "count": count, "lastTimestamp": at,
+        }))
+        .expect("event")
+    }
+
+    #[test]
+    fn listed_events_go_in_the_order_they_happened_and_repeats_once() {
+        // Same whole second: creation order decides (the probe failed, then the kill).
+        let mut listed = vec![
+            core_event("k", "12", "Killing", "2026-12-01T10:00:05Z", 1),
+            core_event("u", "11", "Unhealthy", "2026-12-01T10:00:05Z", 3),
+            core_event("s", "10", "Scheduled", "2026-12-01T10:00:01Z", 1),
+        ];
+        listed.sort_by_key(|e| (event_time(e), resource_version(e)));
+        let mut seen = HashSet::new();
+        let updates: Vec<KubeUpdate> = listed
+            .into_iter()
+            .filter_map(|e| kubelet_event("p1", e, true, &mut seen))
+            .collect();
+        let reasons: Vec<(&str, &str, Option<&str>)> = updates
+            .iter()
+            .filter_map(|u| match u {
+                KubeUpdate::KubeletEvent {
+                    reason,
+                    message,
+                    container,
+                    ..
+                } => Some((reason.as_str(), message.as_str(), container.as_deref())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("Unhealthy", "m (x3)", Some("app")),
+                ("Killing", "m", Some("app"))
+            ]
+        );
+        // A relist replays them: nothing new.
+        let again = core_event("u", "11", "Unhealthy", "2026-12-01T10:00:05Z", 3);
+        assert!(kubelet_event("p1", again, true, &mut seen).is_none());
+        assert_eq!(
+            field_path_container("spec.initContainers{proxy}").as_deref(),
+            Some("proxy")
+        );
     }
 
     #[test]
@@ -703,8 +871,13 @@ mod failing_api_server {
         let metrics = Arc::new(crate::metrics::Metrics::new("test"));
         let (tx, _rx) = mpsc::channel(16);
         // The default schedule scaled down 10×: 100 ms doubling to 800 ms.
+        let client = Client::try_from(config).expect("client");
         let watch = Watch {
-            client: Client::try_from(config).expect("client"),
+            owners: Arc::new(crate::kube::owners::Owners::new(
+                client.clone(),
+                metrics.kube.clone(),
+            )),
+            client,
             tx,
             metrics: metrics.kube.clone(),
             retry: RetryPolicy {

@@ -58,6 +58,22 @@ pub(super) struct WorkloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PodCauseLabels {
+    namespace: String,
+    workload: String,
+    cause: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RestartLabels {
+    namespace: String,
+    workload: String,
+    container: String,
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NamespaceLabels {
     namespace: String,
 }
@@ -185,6 +201,8 @@ pub struct TerminationMetrics {
     grace_period_used_ratio: HistogramFamily<WorkloadLabels>,
     endpoint_removal_lag: HistogramFamily<WorkloadLabels>,
     sigterm_before_endpoint_removal: Family<WorkloadLabels, Counter>,
+    pod_terminations: Family<PodCauseLabels, Counter>,
+    container_restarts: Family<RestartLabels, Counter>,
     terminating_pods: Family<NamespaceLabels, Gauge>,
     stuck_terminating_pods: Family<NamespaceLabels, Gauge>,
     /// Namespaces the pod gauges were last set for (to zero them when they empty).
@@ -207,6 +225,8 @@ impl TerminationMetrics {
             grace_period_used_ratio: Family::new_with_constructor(ratio_histogram),
             endpoint_removal_lag: Family::new_with_constructor(duration_histogram),
             sigterm_before_endpoint_removal: Family::default(),
+            pod_terminations: Family::default(),
+            container_restarts: Family::default(),
             terminating_pods: Family::default(),
             stuck_terminating_pods: Family::default(),
             gauge_namespaces: Mutex::new(Vec::new()),
@@ -264,6 +284,16 @@ impl TerminationMetrics {
             m.sigterm_before_endpoint_removal.clone(),
         );
         registry.register(
+            "pod_terminations",
+            "Pod terminations, by why the pod was stopped (cause: rollout, scale_down, eviction, preemption, taint, node_pressure, delete, …) and its worst container's outcome",
+            m.pod_terminations.clone(),
+        );
+        registry.register(
+            "container_restarts",
+            "Container runs that ended while their pod lived on (restarts), by cause: liveness_probe, startup_probe, oom, crash, completed, unknown",
+            m.container_restarts.clone(),
+        );
+        registry.register(
             "terminating_pods",
             "Pods of this node that are being deleted and are still in the API",
             m.terminating_pods.clone(),
@@ -274,6 +304,30 @@ impl TerminationMetrics {
             m.stuck_terminating_pods.clone(),
         );
         m
+    }
+
+    /// A pod's termination completed; `cause` and `outcome` are stable names.
+    pub fn pod_terminated(&self, who: &Workload, cause: &'static str, outcome: &'static str) {
+        self.pod_terminations
+            .get_or_create(&PodCauseLabels {
+                namespace: who.0.namespace.clone(),
+                workload: who.0.workload.clone(),
+                cause,
+                outcome,
+            })
+            .inc();
+    }
+
+    /// A run of `container` ended while its pod lived on.
+    pub fn container_restarted(&self, who: &Workload, container: &str, cause: &'static str) {
+        self.container_restarts
+            .get_or_create(&RestartLabels {
+                namespace: who.0.namespace.clone(),
+                workload: who.0.workload.clone(),
+                container: container.to_string(),
+                cause,
+            })
+            .inc();
     }
 
     /// A signal was generated for a process of `who`; `result` is what the kernel did

@@ -196,6 +196,8 @@ pub enum Code {
     EndpointRemovedAfterSigterm,
     StuckTerminating,
     OrphanedProcesses,
+    LivenessKilled,
+    CrashLoop,
 }
 
 impl Code {
@@ -209,6 +211,8 @@ impl Code {
             Self::EndpointRemovedAfterSigterm => "ENDPOINT_REMOVED_AFTER_SIGTERM",
             Self::StuckTerminating => "STUCK_TERMINATING",
             Self::OrphanedProcesses => "ORPHANED_PROCESSES",
+            Self::LivenessKilled => "LIVENESS_KILLED",
+            Self::CrashLoop => "CRASH_LOOP",
         }
     }
 }

@@ -165,6 +165,16 @@ impl ContainerTrack {
     /// its first events). Its metric handles are rebuilt only when its labels change.
     pub(super) fn replace(&mut self, placement: Placement) {
         if !self.subject.same_as(&placement.subject) {
+            // Entries written before the status named it (as the sandbox) follow it.
+            let (before, after) = (
+                self.subject.container().to_string(),
+                placement.subject.container().to_string(),
+            );
+            for e in &mut self.timeline {
+                if e.container.as_deref() == Some(before.as_str()) {
+                    e.container = Some(after.clone());
+                }
+            }
             self.subject = placement.subject;
         }
         self.name = placement.name;

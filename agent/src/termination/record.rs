@@ -1,8 +1,9 @@
 //! Per-pod termination records. Containers that terminate together (same pod uid, or a
 //! lone container) are grouped under their `join::record_key`. A record completes when
 //! none of its containers is still terminating and, in Kubernetes mode, the pod being
-//! deleted has left the API ([`completion`]). Completed records are immutable and kept in
-//! a bounded history.
+//! deleted has left the API ([`completion`]); a container run that ended in a pod that
+//! lives on gets a record of its own (see `runs`). Completed records are immutable and
+//! kept in a bounded history.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -10,9 +11,11 @@ use std::{
 };
 
 use super::{
+    causes,
     classify::{self, Outcome},
     container::ContainerTrack,
     pod_classify::pod_diagnoses,
+    runs::{cause_entry, run_completion, Run, Runs},
 };
 use crate::{
     clock::Clock,
@@ -25,27 +28,32 @@ use crate::{
 
 /// How long a signalled record of a pod not (yet) seen deleting waits for the deletion.
 pub(super) const DELETION_WAIT_NS: u64 = 3_000_000_000;
-
 #[derive(Default)]
-struct OpenRecord {
-    uid: Option<String>,
-    started_ns: Option<u64>,
-    finished_ns: Option<u64>,
+pub(super) struct OpenRecord {
+    pub(super) uid: Option<String>,
+    pub(super) started_ns: Option<u64>,
+    pub(super) finished_ns: Option<u64>,
     /// A termination signal (or a kill) started it, not processes exiting by themselves.
     signalled: bool,
     outcomes: Vec<Outcome>,
-    containers: Vec<ContainerReport>,
+    pub(super) containers: Vec<ContainerReport>,
     members: Vec<JoinedMember>,
-    timeline: Vec<TimelineEntry>,
-    diagnoses: Vec<DiagnosisEntry>,
-    workload: Workload,
+    pub(super) timeline: Vec<TimelineEntry>,
+    pub(super) diagnoses: Vec<DiagnosisEntry>,
+    pub(super) workload: Workload,
     /// Traffic that still reached the pod (replaced as the counts grow).
     traffic: PodTrafficReport,
+    /// Set for a container run's own record (a restart), not a pod's termination.
+    pub(super) run: Option<Run>,
 }
 
 pub(super) struct Records {
     open: HashMap<String, OpenRecord>,
     completed: VecDeque<Arc<Termination>>,
+    /// Completed since the last [`Records::take_new`] (for Events), bounded.
+    new: Vec<Arc<Termination>>,
+    /// Container runs' records: restart history, where each run's timeline starts.
+    runs: Runs,
     /// Completed records dropped from the bounded history.
     evicted: usize,
     cap: usize,
@@ -82,6 +90,8 @@ pub(super) enum Hold {
     /// Signalled, but the pod's deletion has not been seen yet: a slow watch may still
     /// deliver it, and the record must not split in two.
     AwaitingDeletion,
+    /// A container run's record waits for the status and Events about its restart.
+    RestartPending,
 }
 
 /// Whether a record can complete now. `pod`: its pod's (deletion seen, removed) state,
@@ -176,9 +186,23 @@ impl Records {
         Self {
             open: HashMap::new(),
             completed: VecDeque::new(),
+            new: Vec::new(),
+            runs: Runs::default(),
             evicted: 0,
             cap: cap.max(1),
         }
+    }
+
+    /// A view under way that has something to tell (a stuck pod), for its Events.
+    pub(super) fn announce(&mut self, t: Arc<Termination>) {
+        if self.new.len() < 1024 {
+            self.new.push(t);
+        }
+    }
+
+    /// Records completed since the last call, oldest first.
+    pub(super) fn take_new(&mut self) -> Vec<Arc<Termination>> {
+        std::mem::take(&mut self.new)
     }
 
     pub(super) fn completed(&self) -> impl Iterator<Item = &Arc<Termination>> {
@@ -186,8 +210,32 @@ impl Records {
     }
 
     /// Opens the record of a pod whose deletion was observed.
+    /// Runs of its containers that were signalled and are still open were the start of
+    /// this termination (the deletion was seen late): they join its record.
     pub(super) fn open_pod(&mut self, pod: &ApiPodState) {
-        let rec = self.open.entry(pod.pod.uid.clone()).or_default();
+        let uid = pod.pod.uid.clone();
+        let early: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, r)| r.run.is_some() && r.signalled && r.uid.as_deref() == Some(&uid))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut merged: Vec<OpenRecord> =
+            early.iter().filter_map(|k| self.open.remove(k)).collect();
+        let rec = self.open.entry(uid).or_default();
+        for m in merged.drain(..) {
+            rec.started_ns = match (rec.started_ns, m.started_ns) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            rec.finished_ns = rec.finished_ns.max(m.finished_ns);
+            rec.signalled = true;
+            rec.outcomes.extend(m.outcomes);
+            rec.containers.extend(m.containers);
+            rec.members.extend(m.members);
+            rec.timeline.extend(m.timeline);
+            rec.diagnoses.extend(m.diagnoses);
+        }
         rec.uid = Some(pod.pod.uid.clone());
         rec.started_ns = pod.deletion_ns.or(rec.started_ns);
         rec.workload = Workload::new(&pod.pod.namespace, &pod.pod.workload);
@@ -202,16 +250,20 @@ impl Records {
 
     /// Classifies a container that is done, exports its metrics and files it in its
     /// pod's record.
+    /// `key`: the record it goes to (`join::record_key_in`); `run`: that record is the
+    /// container run's own (its pod is not being deleted).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn finalize(
         &mut self,
         mut c: ContainerTrack,
+        key: String,
+        run: bool,
         pod: Option<&ApiPodState>,
         metrics: &TerminationMetrics,
         clock: &Clock,
         now_ns: u64,
     ) {
         c.facts.partial |= pod.is_some_and(|p| p.deleted_before_agent);
-        let key = join::record_key(&c.container);
         if pod.is_some() && c.sandbox {
             // The sandbox is SIGKILLed by the runtime once the containers are gone: part
             // of the story, not an outcome.
@@ -249,6 +301,22 @@ impl Records {
             || c.facts.external_sigkill.is_some()
             || c.facts.kernel_sigkill.is_some();
         rec.outcomes.push(outcome);
+        if run {
+            let container_report = report(&c, Some(outcome));
+            rec.run = Some(Run {
+                container: c.display_name(),
+                container_id: c.container.cgroup.container_id.clone(),
+                outcome,
+                exit_code: container_report.exit_code,
+                exit_how: match (&container_report.exit_code, &container_report.exit_signal) {
+                    (Some(code), _) => format!("exit code {code}"),
+                    (None, Some(sig)) if outcome == Outcome::OomKilled => format!("{sig} (OOM)"),
+                    (None, Some(sig)) => sig.clone(),
+                    _ => "exit not seen".into(),
+                },
+                sigterm_to_exit_ns: c.facts.sigterm_to_exit_ns(),
+            });
+        }
         rec.containers.push(report(&c, Some(outcome)));
         rec.members.push(m);
         rec.timeline.extend(timeline_of(&c, clock));
@@ -277,22 +345,36 @@ impl Records {
             return false;
         };
         let pod_state = pod.map(|p| (p.deletion_ns.is_some(), p.removed_ns.is_some()));
-        if completion(
-            others_pending,
-            pod_state,
-            rec.signalled,
-            rec.finished_ns,
-            now_ns,
-        )
-        .is_some()
-        {
+        let hold = match (&rec.run, pod) {
+            (Some(run), Some(p)) => run_completion(
+                p.ended_seen_ns(&run.container_id),
+                p.removed_ns.is_some(),
+                rec.finished_ns,
+                now_ns,
+            ),
+            _ => completion(
+                others_pending,
+                pod_state,
+                rec.signalled,
+                rec.finished_ns,
+                now_ns,
+            ),
+        };
+        if hold.is_some() {
             return false;
         }
         let Some(rec) = self.open.remove(key) else {
             return false;
         };
-        let t = complete(rec, pod, metrics, clock);
-        self.completed.push_back(Arc::new(t));
+        let t = match (&rec.run, pod) {
+            (Some(_), Some(p)) => self.runs.complete(rec, p, metrics, clock, now_ns),
+            _ => complete(rec, pod, metrics, clock),
+        };
+        let t = Arc::new(t);
+        if self.new.len() < 1024 {
+            self.new.push(t.clone());
+        }
+        self.completed.push_back(t);
         while self.completed.len() > self.cap {
             self.completed.pop_front();
             self.evicted += 1;
@@ -314,6 +396,7 @@ impl Records {
                         .cloned()
                         .collect(),
                     diagnoses: rec.diagnoses.clone(),
+                    restarted_container: rec.run.as_ref().map(|r| r.container.clone()),
                     ..Termination::in_progress(rec.uid.clone())
                 },
             )
@@ -330,7 +413,7 @@ impl Records {
 }
 
 /// A record made final: its pod-level metrics and diagnoses, the API's timeline merged.
-fn complete(
+pub(super) fn complete(
     mut rec: OpenRecord,
     pod: Option<&ApiPodState>,
     metrics: &TerminationMetrics,
@@ -343,6 +426,16 @@ fn complete(
         .or(rec.started_ns);
     let finished = rec.finished_ns.or(pod.and_then(|p| p.removed_ns));
     let measured = rec.signalled || joined.as_ref().is_some_and(|j| j.deletion_ns.is_some());
+    let cause = pod.map(|p| causes::pod_cause(Some(p), &rec.outcomes));
+    if let Some(c) = &cause {
+        metrics.pod_terminated(&rec.workload, c.cause, worst(&rec.outcomes).as_str());
+        rec.timeline.push(cause_entry(
+            c,
+            None,
+            started.or(rec.started_ns).unwrap_or(0),
+            clock,
+        ));
+    }
     metrics.pod_ended(
         &rec.workload,
         &PodEnd {
@@ -392,6 +485,9 @@ fn complete(
         containers: rec.containers,
         timeline: rec.timeline,
         diagnoses: rec.diagnoses,
+        cause: cause.map(|c| c.cause.to_string()),
+        restarted_container: None,
+        restart_count: None,
     }
 }
 

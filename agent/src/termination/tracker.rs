@@ -27,6 +27,10 @@ use crate::{
 
 /// Longest wait, after PID 1's exit, for the container's other processes to exit.
 const SETTLE_CAP_NS: u64 = 10_000_000_000;
+/// How long the end of a container placed as its pod's sandbox waits, while the pod lives
+/// on, for the status to name it: a sandbox ends only with its pod, but a container that
+/// crashes before kubelet reports its id looks like one until kubelet does.
+const UNNAMED_WAIT_NS: u64 = 5_000_000_000;
 /// Containers finalized lately, remembered so their late events do not start a new state.
 const FINISHED_KEPT: usize = 4096;
 
@@ -77,6 +81,8 @@ pub struct Tracker {
     traffic: TrafficWatch,
     traffic_metrics: Option<Arc<TrafficMetrics>>,
     dirty: bool,
+    /// Pods whose STUCK_TERMINATING was announced (for its Event), bounded.
+    stuck_announced: HashSet<String>,
 }
 
 impl Tracker {
@@ -101,6 +107,7 @@ impl Tracker {
             traffic: TrafficWatch::default(),
             traffic_metrics: None,
             dirty: true,
+            stuck_announced: HashSet::new(),
         }
     }
 
@@ -315,6 +322,11 @@ impl Tracker {
             .filter(|c| c.container.cgroup.pod_uid.as_deref() == Some(uid))
         {
             let placement = join::place(view, &c.container);
+            // A named container never becomes the sandbox: when the status has moved
+            // on past its id (a restart), it is still the container it was.
+            if placement.sandbox && c.name.is_some() && !c.sandbox {
+                continue;
+            }
             c.replace(placement);
         }
     }
@@ -331,10 +343,12 @@ impl Tracker {
         if let Some(t) = &traffic {
             self.records.set_traffic(key, t);
         }
+        // A container run's record is keyed `<pod uid>/<container id>`.
+        let uid = key.split('/').next().unwrap_or_default();
         if self.records.try_complete(
             key,
             others_pending,
-            self.view.get(key),
+            self.view.get(uid),
             now_ns,
             &self.metrics,
             &self.clock,
@@ -369,6 +383,19 @@ impl Tracker {
                 c.forget_vanished(proc_root);
             }
         }
+        let view = &self.view;
+        let unnamed = |c: &ContainerTrack| {
+            c.sandbox
+                && c.container
+                    .cgroup
+                    .pod_uid
+                    .as_deref()
+                    .and_then(|u| view.get(u))
+                    .is_some_and(|p| p.deletion_ns.is_none() && p.removed_ns.is_none())
+                && c.facts
+                    .pid1_exit_ns
+                    .is_some_and(|e| now_ns.saturating_sub(e) < UNNAMED_WAIT_NS)
+        };
         let done: Vec<u64> = self
             .containers
             .iter()
@@ -380,7 +407,7 @@ impl Tracker {
                     Some(exit) => !c.others_alive() || now_ns.saturating_sub(exit) >= SETTLE_CAP_NS,
                     None => false,
                 };
-                quiet && (settled || c.gone)
+                quiet && (settled || c.gone) && !unnamed(c)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -401,9 +428,15 @@ impl Tracker {
             }
             c.check_orphans();
             c.check_started_before(self.started_ns, self.opts.max_grace_ns, &self.clock);
-            let key = join::record_key(&c.container);
+            let (key, run) = join::record_key_in(&self.view, &c.container, c.sandbox);
+            let pod = c
+                .container
+                .cgroup
+                .pod_uid
+                .as_deref()
+                .and_then(|u| self.view.get(u));
             self.records
-                .finalize(c, self.view.get(&key), &self.metrics, &self.clock, now_ns);
+                .finalize(c, key.clone(), run, pod, &self.metrics, &self.clock, now_ns);
             self.try_complete(&key, now_ns);
             self.dirty = true;
         }
@@ -426,14 +459,26 @@ impl Tracker {
         }
         self.dirty = false;
         let mut terminations: Vec<Arc<Termination>> = self.records.completed().cloned().collect();
-        terminations.extend(views::in_progress(
+        let under_way = views::in_progress(
             &self.records,
             &self.containers,
             &self.view,
             &self.clock,
             now_ns,
             self.opts.stuck_margin_ns,
-        ));
+        );
+        for t in &under_way {
+            let stuck = t.diagnoses.iter().any(|d| d.code == "STUCK_TERMINATING");
+            if let (true, Some(uid)) = (stuck, &t.uid) {
+                if self.stuck_announced.len() >= FINISHED_KEPT {
+                    self.stuck_announced.clear();
+                }
+                if self.stuck_announced.insert(uid.clone()) {
+                    self.records.announce(t.clone());
+                }
+            }
+        }
+        terminations.extend(under_way);
         Some(Arc::new(Snapshot { terminations }))
     }
 
@@ -443,6 +488,11 @@ impl Tracker {
         self.containers
             .values()
             .any(|c| c.terminating_since.is_some() && (c.facts.pid1_exit_ns.is_some() || c.gone))
+    }
+
+    /// Records completed since the last call (for the Events about them).
+    pub fn take_completed(&mut self) -> Vec<Arc<Termination>> {
+        self.records.take_new()
     }
 
     /// Containers currently tracked (tests, debugging).
@@ -480,6 +530,111 @@ mod tests {
         t.tick(now_ms * MS);
         t.snapshot(now_ms * MS)
             .and_then(|s| s.terminations.last().cloned())
+    }
+
+    /// The testkit container's pod, its app container at run `id` (restarted `count`
+    /// times, the previous run `last`).
+    fn pod_update(id: &str, count: i32, last: Option<&str>, at_ms: u64) -> KubeUpdate {
+        use crate::kube::model::{ApiContainer, ApiPod, ApiTerminated};
+        KubeUpdate::Pod {
+            pod: Arc::new(ApiPod {
+                uid: "6f1c2d3e-1111-2222-3333-444455556666".into(),
+                namespace: "shop".into(),
+                name: "web-1".into(),
+                workload: "deployment/web".into(),
+                termination_grace_seconds: 30,
+                containers: vec![ApiContainer {
+                    name: "app".into(),
+                    container_id: Some(id.into()),
+                    restart_count: count,
+                    last_terminated: last.map(|l| ApiTerminated {
+                        exit_code: 0,
+                        reason: Some("Completed".into()),
+                        container_id: Some(l.into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            at_ns: at_ms * MS,
+        }
+    }
+
+    #[test]
+    fn a_container_restarted_in_the_same_sync_keeps_its_record() {
+        let a = "a".repeat(64);
+        let b = "b".repeat(64);
+        // (the status names the old run in lastState, when the record completes)
+        for (last, done_ms) in [(Some(a.as_str()), 3_000), (None, 12_000)] {
+            let mut t = run(&[]);
+            t.kube(pod_update(&a, 0, None, 0), 0);
+            t.kube(
+                KubeUpdate::KubeletEvent {
+                    pod_uid: "6f1c2d3e-1111-2222-3333-444455556666".into(),
+                    container: Some("app".into()),
+                    reason: "Killing".into(),
+                    message: "Container app failed liveness probe, will be restarted".into(),
+                    time: None,
+                    listed: false,
+                    at_ns: 990 * MS,
+                },
+                990 * MS,
+            );
+            let c = container();
+            for e in [
+                exec(0, P1, 1, "app"),
+                signal(1000, P1, 1, "app", 15, RUNC, sig_result::DELIVERED),
+                exit(1050, P1, 1, "app", 0),
+            ] {
+                t.handle(&c, &e);
+            }
+            // kubelet starts the next run in the same sync: the status swaps ids.
+            t.kube(pod_update(&b, 1, last, 1100), 1100 * MS);
+            assert!(
+                last_completed(&mut t, done_ms - 1000).is_none(),
+                "waits for the status and Events"
+            );
+            let term = last_completed(&mut t, done_ms).expect("the old run's record");
+            assert_eq!(term.restarted_container.as_deref(), Some("app"), "{term:?}");
+            assert_eq!(term.containers[0].name.as_deref(), Some("app"));
+            assert_eq!(term.containers[0].outcome.as_deref(), Some("graceful"));
+            assert_eq!(term.cause.as_deref(), Some("liveness_probe"));
+            assert_eq!(term.restart_count, Some(1));
+            let codes: Vec<&str> = term.diagnoses.iter().map(|d| d.code.as_str()).collect();
+            assert_eq!(codes, ["LIVENESS_KILLED"]);
+        }
+    }
+
+    #[test]
+    fn a_crash_before_the_status_names_the_container_is_still_its_record() {
+        let a = "a".repeat(64);
+        let b = "b".repeat(64);
+        let mut t = run(&[]);
+        // The status names another run: this one looks like the sandbox for now.
+        t.kube(pod_update(&b, 0, None, 0), 0);
+        let c = container();
+        for e in [exec(0, P1, 1, "app"), exit(50, P1, 1, "app", 3 << 8)] {
+            t.handle(&c, &e);
+        }
+        assert!(last_completed(&mut t, 1500).is_none());
+        // kubelet reports it a second later, in lastState.
+        t.kube(pod_update(&b, 1, Some(&a), 1600), 1600 * MS);
+        let term = last_completed(&mut t, 3200).expect("the crashed run's record");
+        assert_eq!(term.restarted_container.as_deref(), Some("app"), "{term:?}");
+        assert_eq!(term.cause.as_deref(), Some("crash"));
+        assert_eq!(term.containers[0].exit_code, Some(3));
+    }
+
+    fn last_completed(t: &mut Tracker, now_ms: u64) -> Option<Arc<Termination>> {
+        t.tick(now_ms * MS);
+        t.snapshot(now_ms * MS).and_then(|s| {
+            s.terminations
+                .iter()
+                .rev()
+                .find(|t| t.state == crate::report::State::Completed)
+                .cloned()
+        })
     }
 
     #[test]
@@ -663,11 +818,10 @@ mod tests {
             containers: vec![ApiContainer {
                 name: "app".into(),
                 kind: ApiContainerKind::App,
-                prestop: None,
-                stop_signal: None,
                 container_id: Some("a".repeat(64)),
-                terminated: None,
+                ..ApiContainer::default()
             }],
+            ..ApiPod::default()
         })
     }
 

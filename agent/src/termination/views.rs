@@ -72,7 +72,9 @@ pub(super) fn in_progress(
         .into_iter()
         .map(|(key, mut v)| {
             let mut start = records.open_started(&key);
-            if let Some(p) = view.get(&key) {
+            // A container run's record is keyed `<pod uid>/<container id>`.
+            let uid = key.split('/').next().unwrap_or_default();
+            if let Some(p) = view.get(uid) {
                 start = p.deletion_ns.or(start);
                 with_pod(&mut v, p, containers, start, clock, now_ns, stuck_margin_ns);
             } else {

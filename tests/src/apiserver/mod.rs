@@ -4,7 +4,8 @@
 //!
 //! It serves core/v1 pods, discovery.k8s.io/v1 endpointslices, core/v1 events and
 //! events.k8s.io/v1 events (the two Event APIs share one stored collection, converted on
-//! the way in and out, as on the real server). Objects live in memory with one global
+//! the way in and out, as on the real server), and apps/v1 replicasets, deployments and
+//! statefulsets (read by name, as an agent reads a pod's owners). Objects live in memory with one global
 //! resourceVersion counter and a bounded change history per resource, so watches resume,
 //! replay, and expire with 410 like the real thing.
 //!
@@ -343,6 +344,12 @@ impl ApiServer {
     /// How many requests had this resource and verb.
     pub fn count(&self, resource: Resource, verb: Verb) -> usize {
         lock(&self.store).count(resource, verb)
+    }
+
+    /// Every Event as events.k8s.io/v1 shows it, in key order (what an agent wrote, and
+    /// kubelet's, converted).
+    pub fn events(&self) -> Vec<Value> {
+        self.list(Resource::Events)
     }
 
     pub fn clear_requests(&self) {

@@ -1,4 +1,5 @@
-//! The four resources the fake serves, where they live in the URL space, which field
+//! The resources the fake serves (pods, EndpointSlices, both Event APIs, and the apps/v1
+//! owners an agent reads by name: ReplicaSets, Deployments, StatefulSets), where they live in the URL space, which field
 //! selectors each accepts, and how `events.k8s.io/v1` Events map onto the core/v1 Events
 //! they share storage with.
 //!
@@ -20,6 +21,12 @@ pub enum Resource {
     CoreEvents,
     /// events.k8s.io/v1 `events` (same storage as [`Resource::CoreEvents`]).
     Events,
+    /// apps/v1 `replicasets`.
+    ReplicaSets,
+    /// apps/v1 `deployments`.
+    Deployments,
+    /// apps/v1 `statefulsets`.
+    StatefulSets,
 }
 
 /// Where a resource's objects are kept; the two Event APIs share one collection.
@@ -28,16 +35,22 @@ pub(crate) enum Storage {
     Pods,
     EndpointSlices,
     Events,
+    ReplicaSets,
+    Deployments,
+    StatefulSets,
 }
 
 impl Storage {
-    pub(crate) const COUNT: usize = 3;
+    pub(crate) const COUNT: usize = 6;
 
     pub(crate) fn index(self) -> usize {
         match self {
             Storage::Pods => 0,
             Storage::EndpointSlices => 1,
             Storage::Events => 2,
+            Storage::ReplicaSets => 3,
+            Storage::Deployments => 4,
+            Storage::StatefulSets => 5,
         }
     }
 }
@@ -110,11 +123,14 @@ const EVENT_FIELDS: FieldTable = &[
 
 impl Resource {
     /// Every resource served.
-    pub const ALL: [Resource; 4] = [
+    pub const ALL: [Resource; 7] = [
         Resource::Pods,
         Resource::EndpointSlices,
         Resource::CoreEvents,
         Resource::Events,
+        Resource::ReplicaSets,
+        Resource::Deployments,
+        Resource::StatefulSets,
     ];
 
     /// `apiVersion` of this resource's objects.
@@ -123,6 +139,7 @@ impl Resource {
             Resource::Pods | Resource::CoreEvents => "v1",
             Resource::EndpointSlices => "discovery.k8s.io/v1",
             Resource::Events => "events.k8s.io/v1",
+            Resource::ReplicaSets | Resource::Deployments | Resource::StatefulSets => "apps/v1",
         }
     }
 
@@ -132,6 +149,9 @@ impl Resource {
             Resource::Pods => "Pod",
             Resource::EndpointSlices => "EndpointSlice",
             Resource::CoreEvents | Resource::Events => "Event",
+            Resource::ReplicaSets => "ReplicaSet",
+            Resource::Deployments => "Deployment",
+            Resource::StatefulSets => "StatefulSet",
         }
     }
 
@@ -141,6 +161,9 @@ impl Resource {
             Resource::Pods => "pods",
             Resource::EndpointSlices => "endpointslices",
             Resource::CoreEvents | Resource::Events => "events",
+            Resource::ReplicaSets => "replicasets",
+            Resource::Deployments => "deployments",
+            Resource::StatefulSets => "statefulsets",
         }
     }
 
@@ -169,6 +192,9 @@ impl Resource {
             Resource::Pods => Storage::Pods,
             Resource::EndpointSlices => Storage::EndpointSlices,
             Resource::CoreEvents | Resource::Events => Storage::Events,
+            Resource::ReplicaSets => Storage::ReplicaSets,
+            Resource::Deployments => Storage::Deployments,
+            Resource::StatefulSets => Storage::StatefulSets,
         }
     }
 
@@ -180,6 +206,7 @@ impl Resource {
             Resource::EndpointSlices => &[],
             Resource::CoreEvents => CORE_EVENT_FIELDS,
             Resource::Events => EVENT_FIELDS,
+            Resource::ReplicaSets | Resource::Deployments | Resource::StatefulSets => &[],
         };
         COMMON_FIELDS
             .iter()
@@ -195,6 +222,7 @@ impl Resource {
             Resource::EndpointSlices => &[],
             Resource::CoreEvents => CORE_EVENT_FIELDS,
             Resource::Events => EVENT_FIELDS,
+            Resource::ReplicaSets | Resource::Deployments | Resource::StatefulSets => &[],
         };
         COMMON_FIELDS
             .iter()
@@ -229,6 +257,9 @@ impl Resource {
             Storage::Pods => Resource::Pods,
             Storage::EndpointSlices => Resource::EndpointSlices,
             Storage::Events => Resource::CoreEvents,
+            Storage::ReplicaSets => Resource::ReplicaSets,
+            Storage::Deployments => Resource::Deployments,
+            Storage::StatefulSets => Resource::StatefulSets,
         };
         set_type_meta(&mut obj, stored_as.api_version(), stored_as.kind());
         obj

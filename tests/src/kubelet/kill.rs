@@ -154,7 +154,7 @@ impl Node {
 
     /// `StopContainer(id, grace)` while watching PID 1, then `ContainerStatus`; also
     /// returns the runtime's `finishedAt` (its clock, ns since the epoch).
-    fn stop_container(&self, c: &PodContainer, grace: i64) -> Result<(StopReport, u64)> {
+    pub(super) fn stop_container(&self, c: &PodContainer, grace: i64) -> Result<(StopReport, u64)> {
         let cri = self.runtime.cri()?;
         let grace_d = Duration::from_secs(grace.unsigned_abs());
         let called = Stamp::now();

@@ -13,6 +13,7 @@
 mod endpoints;
 mod kill;
 mod objects;
+mod restart;
 
 use std::{
     sync::{
@@ -27,6 +28,7 @@ use anyhow::{bail, Context};
 use serde_json::json;
 
 pub use kill::StopReport;
+pub use restart::{Probe, RestartReport};
 
 use crate::{
     apiserver::{ApiServer, Resource},
@@ -51,6 +53,8 @@ pub struct ContainerDef {
     /// `sh -c` script run as the container's PID 1.
     pub script: String,
     pub prestop: Option<Hook>,
+    /// Memory limit in bytes.
+    pub memory_limit: Option<i64>,
 }
 
 impl ContainerDef {
@@ -59,6 +63,7 @@ impl ContainerDef {
             name: name.into(),
             script: script.into(),
             prestop: None,
+            memory_limit: None,
         }
     }
 
@@ -72,8 +77,12 @@ impl ContainerDef {
 pub struct PodDef {
     pub namespace: String,
     pub name: String,
-    /// Deployment name: the pod is owned by ReplicaSet `<deployment>-<hash>`.
+    /// Deployment name: the pod is owned by ReplicaSet `<deployment>-<template_hash>`.
     pub deployment: Option<String>,
+    /// StatefulSet name: the pod is owned by it, at revision `template_hash`.
+    pub statefulset: Option<String>,
+    /// `pod-template-hash` (or `controller-revision-hash` for a StatefulSet's pod).
+    pub template_hash: String,
     pub grace_seconds: i64,
     pub containers: Vec<ContainerDef>,
     /// Service whose EndpointSlice lists the pod.
@@ -89,6 +98,8 @@ impl PodDef {
             namespace: namespace.into(),
             name: name.into(),
             deployment: None,
+            statefulset: None,
+            template_hash: "7d4b9c8f6".into(),
             grace_seconds: 30,
             containers,
             service: None,
@@ -101,6 +112,8 @@ impl PodDef {
 #[derive(Debug)]
 pub struct PodContainer {
     id: String,
+    /// Which run of the container this is (0, then one more per restart).
+    attempt: u32,
     /// Host pid of PID 1, and its start time (so a reused pid is not mistaken for it).
     pid: u32,
     start_time: u64,
@@ -287,6 +300,7 @@ impl Node {
                 {
                     let container = PodContainer {
                         id: id.to_string(),
+                        attempt: 0,
                         pid,
                         start_time,
                     };

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ImageSpec, LinuxContainerConfig,
+    ContainerConfig, ContainerMetadata, ImageSpec, LinuxContainerConfig, LinuxContainerResources,
     LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
     NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
 };
@@ -37,10 +37,15 @@ pub(super) fn pod(def: &PodDef, node: &str) -> Value {
     let mut meta =
         json!({"name": def.name, "namespace": def.namespace, "labels": {"app": def.name}});
     if let Some(d) = &def.deployment {
-        let hash = "7d4b9c8f6";
+        let hash = def.template_hash.as_str();
         meta["labels"]["pod-template-hash"] = json!(hash);
         meta["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
             "name": format!("{d}-{hash}"), "uid": "00000000-0000-4000-8000-000000000001", "controller": true}]);
+    }
+    if let Some(sts) = &def.statefulset {
+        meta["labels"]["controller-revision-hash"] = json!(def.template_hash);
+        meta["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "name": sts, "uid": "00000000-0000-4000-8000-000000000002", "controller": true}]);
     }
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta,
            "spec": {"nodeName": node, "terminationGracePeriodSeconds": def.grace_seconds,
@@ -140,12 +145,30 @@ pub(super) fn sandbox_config(def: &PodDef, uid: &str, log_dir: &Path) -> PodSand
 }
 
 pub(super) fn container_config(def: &PodDef, uid: &str, c: &ContainerDef) -> ContainerConfig {
+    container_config_attempt(def, uid, c, 0)
+}
+
+/// The config of a container's `attempt`th run (kubelet counts restarts this way; the
+/// runtime refuses a second container of the same name and attempt in a sandbox).
+pub(super) fn container_config_attempt(
+    def: &PodDef,
+    uid: &str,
+    c: &ContainerDef,
+    attempt: u32,
+) -> ContainerConfig {
     let mut labels = pod_labels(def, uid);
     labels.insert("io.kubernetes.container.name".into(), c.name.clone());
+    // (kubelet also asks for `memory.oom.group` on cgroup v2; this node's runtime
+    // uses cgroup v1, where the OOM killer picks the process that uses the most.)
+    let resources = c.memory_limit.map(|bytes| LinuxContainerResources {
+        memory_limit_in_bytes: bytes,
+        memory_swap_limit_in_bytes: bytes,
+        ..Default::default()
+    });
     ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: c.name.clone(),
-            attempt: 0,
+            attempt,
         }),
         image: Some(ImageSpec {
             image: APP_IMAGE.into(),
@@ -153,14 +176,14 @@ pub(super) fn container_config(def: &PodDef, uid: &str, c: &ContainerDef) -> Con
         }),
         command: vec!["sh".into(), "-c".into(), c.script.clone()],
         // Relative to the sandbox's log directory, as kubelet sets it.
-        log_path: format!("{}/0.log", c.name),
+        log_path: format!("{}/{attempt}.log", c.name),
         labels,
         linux: Some(LinuxContainerConfig {
+            resources,
             security_context: Some(LinuxContainerSecurityContext {
                 namespace_options: Some(namespaces(def)),
                 ..Default::default()
             }),
-            ..Default::default()
         }),
         ..Default::default()
     }
