@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod cri;
+pub mod deploy;
 pub mod engines;
 pub mod kubelet;
 pub mod runc;

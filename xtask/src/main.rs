@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | build | test | demo | bench`. One module per task;
+//! Project tasks: `cargo xtask setup | build | test | demo | bench | manifests`. One module per task;
 //! each is a thin sequence of commands a person could run by hand.
 
 mod bench;
 mod build;
 mod demo;
+mod manifests;
 mod setup;
 mod test;
 mod util;
@@ -37,6 +38,12 @@ enum Task {
     },
     /// Set up, build, run the agent on this host and show it explain real terminations.
     Demo,
+    /// Write the deploy files generated from others (the kustomize PrometheusRule from
+    /// deploy/prometheus/rules.yaml); `--check` only reports whether they are current.
+    Manifests {
+        #[arg(long)]
+        check: bool,
+    },
     /// Measure overhead, loss and throughput; prints a report (see README).
     Bench {
         /// Storm repetitions per side (A/B interleaved).
@@ -52,5 +59,6 @@ fn main() -> anyhow::Result<()> {
         Task::Test { unit } => test::run(unit),
         Task::Demo => demo::run(),
         Task::Bench { rounds } => bench::run(rounds),
+        Task::Manifests { check } => manifests::run(check),
     }
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: every tier, in order, stopping at the first failure: format and
-//! lints; unit tests (no root); root tests (real BPF programs, real runc containers, the
-//! agent binary as users run it); the Prometheus rules' own tests. `--unit` runs only
-//! what needs no root: format, lints and the unit tests.
+//! lints; unit tests and the deploy tests (no root); root tests (real BPF programs, real
+//! runc containers, the agent binary as users run it); the Prometheus rules' own tests. `--unit` runs only
+//! what needs no root: format, lints, the unit tests and the deploy tests.
 
 use crate::{setup, util};
 
@@ -21,6 +21,8 @@ pub fn run(unit_only: bool) -> anyhow::Result<()> {
         "warnings",
     ])?;
     util::cargo(&["test", "-p", "agent", "-p", "xtask"])?;
+    // The install paths (helm, kustomize) need no root: real renderers, no cluster.
+    util::cargo(&["test", "-p", "gracewatch-tests", "--test", "deploy"])?;
     if unit_only {
         eprintln!("unit tier passed (format, lints, unit tests)");
         return Ok(());
