@@ -64,25 +64,33 @@ impl Agent {
     /// Starts `gracewatch run <args> --listen <free port>` and waits until it is ready.
     pub fn start(args: &[&str]) -> anyhow::Result<Agent> {
         let addr = free_port()?;
+        let bin = binary();
+        let mut cmd = Command::new(&bin);
+        cmd.args(["run", "--listen", &addr.to_string()])
+            .args(args)
+            .env("RUST_LOG", "info");
+        Self::spawn(cmd, addr).with_context(|| {
+            format!(
+                "starting {} (run `cargo build -p agent` first)",
+                bin.display()
+            )
+        })
+    }
+
+    /// Starts an agent some other way (`cmd`, e.g. an engine running its image in the
+    /// foreground) that will listen on `addr`, and waits until it is ready. Its output
+    /// goes to the agent log; dropping the agent sends `cmd` SIGTERM.
+    pub fn spawn(mut cmd: Command, addr: SocketAddr) -> anyhow::Result<Agent> {
         let log = std::env::temp_dir().join(format!("gracewatch-agent-{}.log", addr.port()));
         let log_file = std::fs::File::create(&log)?;
-        let bin = binary();
-        let child = Command::new(&bin)
-            .args(["run", "--listen", &addr.to_string()])
-            .args(args)
-            .env("RUST_LOG", "info")
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .spawn()
-            .with_context(|| {
-                format!(
-                    "cannot start {} (run `cargo build -p agent` first)",
-                    bin.display()
-                )
-            })?;
+            .with_context(|| format!("cannot start {cmd:?}"))?;
         let mut agent = Agent { child, addr, log };
-        agent.wait_ready(Duration::from_secs(20))?;
+        agent.wait_ready(Duration::from_secs(30))?;
         Ok(agent)
     }
 
@@ -234,7 +242,8 @@ impl Metrics {
     }
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
+/// A loopback address with a port nothing listens on now.
+pub fn free_port() -> anyhow::Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?)
 }

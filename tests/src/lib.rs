@@ -9,5 +9,6 @@ pub mod apiserver;
 pub mod cri;
 pub mod deploy;
 pub mod engines;
+pub mod image;
 pub mod kubelet;
 pub mod runc;

@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | build | test | demo | bench | manifests`. One module per task;
+//! Project tasks: `cargo xtask setup | build | image | test | demo | bench | manifests`. One module per task;
 //! each is a thin sequence of commands a person could run by hand.
 
 mod bench;
 mod build;
 mod demo;
+mod image;
 mod manifests;
 mod setup;
 mod test;
@@ -27,6 +28,12 @@ enum Task {
     },
     /// Set up if needed, then build the agent and its kernel programs.
     Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build the agent and its container image (deploy/image/Containerfile) with Podman;
+    /// writes target/image/gracewatch-<profile>.tar.
+    Image {
         #[arg(long)]
         release: bool,
     },
@@ -56,6 +63,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup { verbose } => setup::run(verbose),
         Task::Build { release } => build::run(release),
+        Task::Image { release } => image::run(release),
         Task::Test { unit } => test::run(unit),
         Task::Demo => demo::run(),
         Task::Bench { rounds } => bench::run(rounds),

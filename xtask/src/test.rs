@@ -3,7 +3,7 @@
 //! runc containers, the agent binary as users run it); the Prometheus rules' own tests. `--unit` runs only
 //! what needs no root: format, lints, the unit tests and the deploy tests.
 
-use crate::{setup, util};
+use crate::{image, setup, util};
 
 pub fn run(unit_only: bool) -> anyhow::Result<()> {
     setup::run(false)?;
@@ -27,6 +27,9 @@ pub fn run(unit_only: bool) -> anyhow::Result<()> {
         eprintln!("unit tier passed (format, lints, unit tests)");
         return Ok(());
     }
+    // The image the root tier runs (tests/tests/image.rs), from the debug build above: a
+    // few seconds, where compiling inside an image build would take minutes.
+    image::build_from("debug")?;
     // Root tier: one test at a time, since tests read node-wide metrics and signal storms
     // must not overlap.
     util::cargo(&["test", "-p", "gracewatch-tests", "--", "--test-threads=1"])?;
