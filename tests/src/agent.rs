@@ -22,6 +22,15 @@ pub fn binary_of(profile: &str) -> PathBuf {
     if let Ok(p) = std::env::var("GRACEWATCH_BIN") {
         return PathBuf::from(p);
     }
+    target_binary(profile, "gracewatch")
+}
+
+/// The kubectl plugin binary of this workspace's debug build.
+pub fn plugin_binary() -> PathBuf {
+    target_binary("debug", "kubectl-gracewatch")
+}
+
+fn target_binary(profile: &str, name: &str) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(PathBuf::from)
@@ -29,7 +38,7 @@ pub fn binary_of(profile: &str) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    target.join(profile).join("gracewatch")
+    target.join(profile).join(name)
 }
 
 /// A running agent; killed (SIGTERM, then SIGKILL) when dropped.

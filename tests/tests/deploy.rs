@@ -42,6 +42,13 @@ fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} rendered"))
 }
 
+fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
 fn container(objects: &[Value]) -> &Value {
     &find(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
 }
@@ -57,7 +64,7 @@ fn args(objects: &[Value]) -> Vec<String> {
 
 /// The rules (apiGroup, resource, verb) granted on events.
 fn event_verbs(objects: &[Value]) -> Vec<String> {
-    let role = find(objects, "ClusterRole");
+    let role = named(objects, "ClusterRole", "gracewatch");
     let mut verbs = Vec::new();
     for rule in role["rules"].as_array().expect("rules") {
         if rule["resources"]
@@ -86,7 +93,7 @@ fn rule_file_groups() -> Value {
 fn chart_defaults_render_the_kustomize_base() {
     let helm = helm_template(NS, &[]).expect("helm template");
     let base = kustomize("base").expect("kubectl kustomize base");
-    assert_eq!(base.len(), 6, "the base has Namespace, ServiceAccount, ClusterRole, ClusterRoleBinding, Service, DaemonSet");
+    assert_eq!(base.len(), 7, "the base has Namespace, ServiceAccount, 2 ClusterRoles, ClusterRoleBinding, Service, DaemonSet");
     assert_same_objects(normalized(helm), normalized(base));
 }
 
@@ -94,7 +101,7 @@ fn chart_defaults_render_the_kustomize_base() {
 fn chart_with_monitoring_renders_the_monitoring_overlay() {
     let helm = helm_template(NS, MONITORING).expect("helm template");
     let overlay = kustomize("overlays/monitoring").expect("kubectl kustomize overlay");
-    assert_eq!(overlay.len(), 8);
+    assert_eq!(overlay.len(), 9);
     assert_same_objects(normalized(helm), normalized(overlay));
 }
 
@@ -105,6 +112,7 @@ fn every_manifest_and_rendered_object_parses_into_its_type() {
         "kustomize/base/namespace.yaml",
         "kustomize/base/serviceaccount.yaml",
         "kustomize/base/rbac.yaml",
+        "kustomize/base/viewer-rbac.yaml",
         "kustomize/base/daemonset.yaml",
         "kustomize/base/service.yaml",
         "kustomize/components/servicemonitor/servicemonitor.yaml",
@@ -349,4 +357,34 @@ fn chart_follows_the_release_namespace() {
     }
     let without = helm_template(NS, &["namespace.create=false"]).expect("helm template");
     assert!(!without.iter().any(|o| o["kind"] == "Namespace"));
+}
+
+#[test]
+fn viewer_role_grants_the_pod_proxy_and_nothing_that_writes() {
+    for (path, objects) in [
+        ("helm", helm_template(NS, &[]).expect("helm template")),
+        ("kustomize", kustomize("base").expect("kustomize")),
+    ] {
+        let role = named(&objects, "ClusterRole", "gracewatch-viewer");
+        let rules = role["rules"].as_array().expect("rules");
+        assert!(
+            rules
+                .iter()
+                .any(|r| r["resources"] == serde_json::json!(["pods/proxy"])
+                    && r["verbs"] == serde_json::json!(["get"])),
+            "{path}: {role}"
+        );
+        for rule in rules {
+            for verb in rule["verbs"].as_array().expect("verbs") {
+                assert!(
+                    ["get", "list"].contains(&verb.as_str().unwrap_or("")),
+                    "{path}: {rule}"
+                );
+            }
+        }
+    }
+    let without = helm_template(NS, &["viewerRole.create=false"]).expect("helm template");
+    assert!(!without
+        .iter()
+        .any(|o| o["metadata"]["name"] == "gracewatch-viewer"));
 }
