@@ -66,7 +66,12 @@ impl Cluster {
 
     /// Runs the plugin with the kubeconfig and the agent's port: (success, stdout, stderr).
     fn plugin(&self, args: &[&str]) -> (bool, String, String) {
+        self.plugin_with(args, &[])
+    }
+
+    fn plugin_with(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
         let out = Command::new(plugin_binary())
+            .envs(env.iter().copied())
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(["--agent-port", &self.agent.addr.port().to_string()])
@@ -171,6 +176,44 @@ fn explain_reads_the_agent_through_the_pod_proxy() {
         parsed["terminations"][0]["containers"][0]["outcome"],
         "forced_kill"
     );
+
+    // --open saves the agent's picture page and hands it to $BROWSER.
+    let dir = std::env::temp_dir().join(format!("gracewatch-open-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let browser = dir.join("browser.sh");
+    let opened = dir.join("opened.html");
+    std::fs::write(
+        &browser,
+        format!("#!/bin/sh\ncp \"$1\" {}\n", opened.display()),
+    )
+    .expect("script");
+    std::fs::set_permissions(
+        &browser,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let (ok, out, err) = k.plugin_with(
+        &["explain", "shop/ignorer-1", "--open"],
+        &[("BROWSER", browser.to_str().expect("utf-8"))],
+    );
+    let page = std::fs::read_to_string(&opened).unwrap_or_default();
+    let saved = std::env::temp_dir().join("gracewatch-shop-ignorer-1.html");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&saved);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("Picture: {}", saved.display())),
+        "{out}"
+    );
+    assert!(
+        page.contains("<h1>Termination of pod shop/ignorer-1</h1>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("data-lane=\"app\"") && page.contains("FORCED_KILL"),
+        "{page}"
+    );
+    assert!(k.proxied("/ui/shop/ignorer-1") == 1);
 
     // What goes wrong is said plainly.
     let (ok, _, err) = k.plugin(&["explain", "shop/never-was"]);

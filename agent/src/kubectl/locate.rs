@@ -45,7 +45,7 @@ impl Agents<'_> {
         namespace: &str,
         pod: &str,
         path: &str,
-    ) -> Result<(StatusCode, Bytes), PluginError> {
+    ) -> Result<(AgentPod, StatusCode, Bytes), PluginError> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let found = pods
             .get_opt(pod)
@@ -61,13 +61,14 @@ impl Agents<'_> {
                         pod: pod.into(),
                     })?;
             let agent = self.on_node(&node).await?;
-            return self.get(&agent, path).await;
+            let (status, body) = self.get(&agent, path).await?;
+            return Ok((agent, status, body));
         }
         let agents = self.all().await?;
         for agent in &agents {
             let (status, body) = self.get(agent, path).await?;
             if status == StatusCode::OK {
-                return Ok((status, body));
+                return Ok((agent.clone(), status, body));
             }
         }
         Err(PluginError::NowhereFound {

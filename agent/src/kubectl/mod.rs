@@ -6,6 +6,7 @@
 //! terminal; `--json` prints JSON instead.
 
 mod locate;
+mod open;
 mod stuck;
 
 use std::{io::IsTerminal as _, io::Write as _, path::PathBuf, time::Duration};
@@ -56,6 +57,10 @@ pub enum PluginCommand {
     Explain {
         /// <namespace>/<pod>
         target: String,
+        /// Also open the picture of the termination (the agent's /ui page, saved to a
+        /// temporary file) in $BROWSER, else with xdg-open.
+        #[arg(long)]
+        open: bool,
     },
     /// List pods stuck in Terminating across the cluster, with what holds each.
     Stuck {
@@ -106,6 +111,14 @@ pub enum PluginError {
     Explain(#[from] ExplainError),
     #[error("cannot write to stdout")]
     Stdout(#[source] std::io::Error),
+    #[error("cannot save the picture to {path}")]
+    SavePicture {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the picture with {opener} (set BROWSER to a browser command): {problem}")]
+    OpenPicture { opener: String, problem: String },
 }
 
 /// Parses, runs and prints; the error is for the caller to report.
@@ -130,19 +143,29 @@ async fn run(cli: &PluginCli) -> Result<String, PluginError> {
     };
     let palette = palette(cli.color, std::io::stdout().is_terminal(), no_color());
     match &cli.command {
-        PluginCommand::Explain { target } => {
+        PluginCommand::Explain { target, open } => {
             let (namespace, pod) = match target.split_once('/') {
                 Some(("container", _)) | None => return Err(PluginError::NotAPod(target.clone())),
                 Some(pair) => pair,
             };
             let path = explain::endpoint(target)?;
-            let (status, body) = agents.terminations_of(namespace, pod, &path).await?;
+            let (agent, status, body) = agents.terminations_of(namespace, pod, &path).await?;
             let form = if cli.json {
                 Form::Json
             } else {
                 Form::Text(palette)
             };
-            Ok(explain::format_answer(target, status, &body, form)?)
+            let mut text = explain::format_answer(target, status, &body, form)?;
+            if *open {
+                let (_, page) = agents
+                    .get(&agent, &format!("/ui/{namespace}/{pod}"))
+                    .await?;
+                let file = open::save_and_open(namespace, pod, &page)?;
+                if !cli.json {
+                    text.push_str(&format!("Picture: {}\n", file.display()));
+                }
+            }
+            Ok(text)
         }
         PluginCommand::Stuck { margin_seconds } => {
             let found = stuck::find(&agents, *margin_seconds).await?;
@@ -209,7 +232,7 @@ mod tests {
         assert_eq!(cli.context.as_deref(), Some("prod"));
         assert!(cli.json);
         assert!(
-            matches!(cli.command, PluginCommand::Explain { ref target } if target == "shop/web-1")
+            matches!(cli.command, PluginCommand::Explain { ref target, open: false } if target == "shop/web-1")
         );
         assert!(PluginCli::try_parse_from([
             "kubectl-gracewatch",
