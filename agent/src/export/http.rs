@@ -58,7 +58,12 @@ impl Router {
 
     /// The answer to one request, counted by route and status class.
     pub fn respond<B>(&self, req: &Request<B>) -> Reply {
-        let (route, resp) = self.answer(req.method(), req.uri());
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let openmetrics = super::textformat::wants_openmetrics(accept);
+        let (route, resp) = self.answer(req.method(), req.uri(), openmetrics);
         self.state
             .metrics
             .http
@@ -68,7 +73,7 @@ impl Router {
 
     /// The route name (a fixed set, for metrics) and the response. HEAD is answered as
     /// GET, with the same headers (Content-Length included) and no body.
-    fn answer(&self, method: &Method, uri: &Uri) -> (&'static str, Reply) {
+    fn answer(&self, method: &Method, uri: &Uri, openmetrics: bool) -> (&'static str, Reply) {
         let head = method == Method::HEAD;
         if method != Method::GET && !head {
             let mut resp = reply(
@@ -85,20 +90,27 @@ impl Router {
             let msg = format!("request target longer than {MAX_URL_BYTES} bytes\n");
             return ("other", reply(StatusCode::URI_TOO_LONG, "text/plain", msg));
         }
-        let (route, resp) = self.route_path(uri.path());
+        let (route, resp) = self.route_path(uri.path(), openmetrics);
         (route, if head { without_body(resp) } else { resp })
     }
 
-    fn route_path(&self, path: &str) -> (&'static str, Reply) {
+    /// `openmetrics`: the client's Accept header named OpenMetrics; others get `/metrics`
+    /// in the Prometheus text format.
+    fn route_path(&self, path: &str, openmetrics: bool) -> (&'static str, Reply) {
         let state = &self.state;
         match path {
             "/metrics" => (
                 "metrics",
                 match state.metrics.encode() {
-                    Ok(text) => reply(
+                    Ok(text) if openmetrics => reply(
                         StatusCode::OK,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         text,
+                    ),
+                    Ok(text) => reply(
+                        StatusCode::OK,
+                        super::textformat::TEXT_CONTENT_TYPE,
+                        super::textformat::from_openmetrics(&text),
                     ),
                     Err(e) => reply(
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -341,6 +353,26 @@ mod tests {
     }
 
     #[test]
+    fn metrics_format_follows_the_accept_header() {
+        let r = router(true);
+        let req = Request::builder()
+            .uri("/metrics")
+            .header(
+                header::ACCEPT,
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+            )
+            .body(())
+            .expect("request");
+        let (status, ctype, text) = body(r.respond(&req));
+        assert_eq!(status, StatusCode::OK);
+        assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        let (_, ctype, text) = body(call(&r, Method::GET, "/metrics"));
+        assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
     fn routes() {
         let s = router(true);
         // (GET?, path, status, content type starts with, body contains)
@@ -349,7 +381,7 @@ mod tests {
                 true,
                 "/metrics",
                 StatusCode::OK,
-                "application/openmetrics-text",
+                "text/plain; version=0.0.4",
                 "gracewatch_build_info",
             ),
             (true, "/healthz", StatusCode::OK, "text/plain", "ok"),

@@ -6,4 +6,5 @@
 
 pub mod http;
 pub mod server;
+pub mod textformat;
 pub mod ui;
