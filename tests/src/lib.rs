@@ -12,4 +12,5 @@ pub mod deploy;
 pub mod engines;
 pub mod image;
 pub mod kubelet;
+pub mod prometheus;
 pub mod runc;
