@@ -24,7 +24,7 @@ pub fn run(unit_only: bool) -> anyhow::Result<()> {
     // The install paths (helm, kustomize) need no root: real renderers, no cluster.
     util::cargo(&["test", "-p", "gracewatch-tests", "--test", "deploy"])?;
     if unit_only {
-        eprintln!("unit tier passed (format, lints, unit tests)");
+        eprintln!("unit tier passed (format, lints, unit tests, deploy tests)");
         return Ok(());
     }
     // The image the root tier runs (tests/tests/image.rs), from the debug build above: a
