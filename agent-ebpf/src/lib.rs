@@ -256,8 +256,25 @@ pub struct KernelOffsets {
     pub kernfs_node_id: u32,
     /// `struct k_sigaction.sa` + `struct sigaction.sa_handler`
     pub ksigaction_handler: u32,
+    /// `struct sock_common.skc_family` (u16)
+    pub skc_family: u32,
+    /// `struct sock_common.skc_rcv_saddr` (IPv4 local address)
+    pub skc_rcv_saddr: u32,
+    /// `struct sock_common.skc_v6_rcv_saddr` (IPv6 local address, v4-mapped on a
+    /// dual-stack socket)
+    pub skc_v6_rcv_saddr: u32,
+    /// `struct sk_buff.len`
+    pub skb_len: u32,
+    /// `struct sk_buff.data`
+    pub skb_data: u32,
+    /// `struct sk_buff.head`
+    pub skb_head: u32,
+    /// `struct sk_buff.network_header` (u16 offset from `head`)
+    pub skb_network_header: u32,
+    /// `struct sock_common.skc_num` (local port, host order)
+    pub skc_num: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 80);
+const _: () = assert!(size_of::<KernelOffsets>() == 112);
 
 /// Configuration handed to the probes as a read-only global.
 #[repr(C)]
@@ -273,7 +290,7 @@ pub struct Config {
     pub wakeup_bytes: u64,
     pub offsets: KernelOffsets,
 }
-const _: () = assert!(size_of::<Config>() == 104);
+const _: () = assert!(size_of::<Config>() == 136);
 
 /// [`Config::flags`]: trace every task, containers or not (benchmarks and debugging).
 pub const FLAG_TRACE_HOST: u64 = 1;
@@ -300,6 +317,14 @@ impl KernelOffsets {
         _pad: 0,
         kernfs_node_id: 0,
         ksigaction_handler: 0,
+        skc_family: 0,
+        skc_rcv_saddr: 0,
+        skc_v6_rcv_saddr: 0,
+        skb_len: 0,
+        skb_data: 0,
+        skb_head: 0,
+        skb_network_header: 0,
+        skc_num: 0,
     };
 }
 
@@ -330,9 +355,83 @@ pub const fn signal_mask(signals: &[u32]) -> u64 {
 /// Default traced signals: HUP, INT, QUIT, USR1, USR2, TERM, KILL (1, 2, 3, 10, 12, 15, 9).
 pub const DEFAULT_SIGNALS: [u32; 7] = [1, 2, 3, 9, 10, 12, 15];
 
+/// Hash map `address -> WatchMarks`: the addresses of terminating pods, written by user
+/// space only (when a pod's deletion is seen; removed when the pod is gone). The traffic
+/// probes return at once for any other address.
+pub const WATCHED_ADDRS_MAP: &str = "WATCHED_ADDRS";
+/// Per-CPU hash map `address -> TrafficCounters`: what the traffic probes counted for a
+/// watched address (user space sums the CPUs). User space creates the entry (zeroed) with the watch and deletes it with it;
+/// the probes only update entries that exist, so a busy pod can never add records.
+pub const TRAFFIC_MAP: &str = "TRAFFIC";
+/// LRU hash map `struct sock * (u64) -> boot ns`: when an inbound connection to a watched
+/// address reached ESTABLISHED, to tell payload on connections opened after the
+/// endpoint's removal from payload on keep-alive connections opened before it.
+pub const TRAFFIC_SOCKS_MAP: &str = "TRAFFIC_SOCKS";
+/// Array of one `u32`: how many addresses are watched (0: every traffic probe returns
+/// before touching the socket, so a node with no terminating pod pays one array read).
+pub const WATCH_COUNT_MAP: &str = "WATCH_COUNT";
+/// Capacity of [`WATCHED_ADDRS_MAP`] and [`TRAFFIC_MAP`].
+pub const MAX_WATCHED_ADDRS: u32 = 4096;
+
+/// A pod address as the maps key it: IPv6, with IPv4 as `::ffff:a.b.c.d` (how a
+/// dual-stack socket sees an IPv4 peer too).
+pub type Addr = [u8; 16];
+
+/// The moments of a watched pod's termination, boot clock ns (0: not yet), written by user
+/// space as it observes them; the probes compare each event's time with them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchMarks {
+    /// The endpoint left its Services.
+    pub removal_ns: u64,
+    /// The first SIGTERM (or stop signal) to one of its containers.
+    pub sigterm_ns: u64,
+    /// Its last container exited.
+    pub exit_ns: u64,
+    /// Ports the pod listened on at its deletion (0: free slot; all 0: not known, and
+    /// every established connection of the address counts as inbound). Payload on a
+    /// connection whose opening was not seen counts only when its local port is one of
+    /// these, so replies to the pod's own outbound calls are not taken for inbound data.
+    pub ports: [u16; MAX_WATCHED_PORTS],
+}
+const _: () = assert!(size_of::<WatchMarks>() == 40);
+
+/// Listening ports kept per watched address.
+pub const MAX_WATCHED_PORTS: usize = 8;
+
+/// Per watched address and CPU, counted by the probes (first/last are boot ns, 0: none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    /// Inbound connections that reached ESTABLISHED after the removal.
+    pub conns_after_removal: u64,
+    pub conn_removal_first_ns: u64,
+    pub conn_removal_last_ns: u64,
+    /// Inbound connections that reached ESTABLISHED after the SIGTERM.
+    pub conns_after_sigterm: u64,
+    pub conn_sigterm_first_ns: u64,
+    pub conn_sigterm_last_ns: u64,
+    /// Payload bytes received on inbound connections after the removal (all of them).
+    pub bytes_after_removal: u64,
+    pub data_first_ns: u64,
+    pub data_last_ns: u64,
+    /// The part of `bytes_after_removal` that came over connections established before
+    /// the removal (keep-alive clients).
+    pub keepalive_bytes: u64,
+    pub keepalive_first_ns: u64,
+    pub keepalive_last_ns: u64,
+    /// TCP resets sent from the address after the pod's exit.
+    pub resets_after_exit: u64,
+    pub reset_first_ns: u64,
+    pub reset_last_ns: u64,
+}
+const _: () = assert!(size_of::<TrafficCounters>() == 120);
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: all of these are #[repr(C)], Copy, and every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::WatchMarks {}
+    unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::KernelOffsets {}
 }

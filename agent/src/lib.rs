@@ -2,7 +2,8 @@
 //!
 //! Stages, in data-flow order (a stage imports only from stages before it):
 //! `kernel` (load probes, drain and decode the ring buffer) → `attribution` (cgroup id →
-//! container) → `kube` (watchers and the API's view of this node) → `join` (kernel facts ⋈
+//! container) → `kube` (watchers and the API's view of this node) → `traffic` (terminating pods'
+//! addresses watched in the kernel, counts → timeline, diagnoses) → `join` (kernel facts ⋈
 //! pod facts) → `termination` (state per container, records per pod, classification) →
 //! `export` (HTTP: metrics, debug views). `pipeline` strings the hot path together and
 //! `run` wires the stages into the agent's event loop; `explain` is the CLI client and
@@ -21,6 +22,8 @@ pub mod kernel;
 pub mod attribution;
 
 pub mod kube;
+
+pub mod traffic;
 
 pub mod join;
 

@@ -4,14 +4,36 @@
 //! cgroups attribution learns of are passed to the tracker and mirrored into the kernel's
 //! container-cgroup map.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use agent_ebpf::{Addr, TrafficCounters, WatchMarks};
 
 use crate::{
     attribution::{Attributor, CgroupChange, ResolverError, Unattributed},
     kernel::{decode, CgroupEvent, KernelEvent, Probes},
     metrics::{AttributionMetrics, KernelMetrics, Metrics},
     termination::Tracker,
+    traffic::TrafficMaps,
 };
+
+/// How often the traffic counts of watched pods are read while records flow (and before
+/// every API change, so a record completing then has the latest).
+const TRAFFIC_READ: Duration = Duration::from_millis(200);
+
+impl TrafficMaps for Probes {
+    fn watch(&mut self, addr: Addr, marks: &WatchMarks) -> Result<(), String> {
+        self.watch_addr(addr, marks).map_err(|e| e.to_string())
+    }
+    fn unwatch(&mut self, addr: Addr) -> Result<(), String> {
+        self.unwatch_addr(addr).map_err(|e| e.to_string())
+    }
+    fn read(&self, addr: &Addr) -> Option<TrafficCounters> {
+        self.traffic(addr)
+    }
+}
 
 pub struct Pipeline {
     attributor: Attributor,
@@ -21,6 +43,7 @@ pub struct Pipeline {
     /// cgroup ids to add to / remove from the kernel's container map.
     added_cgroups: Vec<u64>,
     removed_cgroups: Vec<u64>,
+    traffic_read_at: Option<Instant>,
 }
 
 impl Pipeline {
@@ -32,6 +55,7 @@ impl Pipeline {
             attribution_metrics: metrics.attribution.clone(),
             added_cgroups: Vec::new(),
             removed_cgroups: Vec::new(),
+            traffic_read_at: None,
         }
     }
 
@@ -100,6 +124,26 @@ impl Pipeline {
                 tracing::warn!(error = %e, cgroup_id = id, "cannot unmark container cgroup");
             }
         }
+        let traffic = self.tracker.traffic();
+        if traffic.has_ops() {
+            traffic.apply(probes);
+        }
+        if self
+            .traffic_read_at
+            .is_none_or(|at| at.elapsed() >= TRAFFIC_READ)
+        {
+            self.refresh_traffic(probes);
+        }
+    }
+
+    /// Reads the watched pods' traffic counts from the kernel now.
+    pub fn refresh_traffic(&mut self, probes: &mut Probes) {
+        let traffic = self.tracker.traffic();
+        traffic.apply(probes);
+        if traffic.watching() {
+            traffic.refresh(probes);
+        }
+        self.traffic_read_at = Some(Instant::now());
     }
 
     fn apply_changes(&mut self) {

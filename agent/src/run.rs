@@ -32,12 +32,22 @@ use crate::{
 /// The probes wake the reader only when a quarter of the ring is used; in between it
 /// drains the ring this often while records flow, which bounds how late an event is seen.
 const RING_POLL: Duration = Duration::from_millis(10);
-/// How often the ring timer fires when nothing came for [`QUIET_AFTER`]. The 250 ms tick
-/// drains the ring too, so on an idle node the first record after a quiet spell is seen
-/// within 250 ms (those after it within [`RING_POLL`]) and the agent wakes about six
-/// times a second instead of a hundred.
-const RING_POLL_QUIET: Duration = Duration::from_secs(1);
+/// How often the ring timer fires when nothing came for [`QUIET_AFTER`]. The tick drains
+/// the ring too, and the probes wake the reader at once for the exit of a container's
+/// PID 1, so on an idle node the agent wakes about once a second instead of a hundred
+/// times.
+const RING_POLL_QUIET: Duration = Duration::from_secs(5);
 const QUIET_AFTER: Duration = Duration::from_secs(1);
+/// The tracker's tick while a container is ending (its record is due within the
+/// linger), so an exit reaches `/metrics` within a few hundred milliseconds.
+const TICK_BUSY: Duration = Duration::from_millis(50);
+/// The tick when no container is ending: stuck-pod gauges and series expiry only need
+/// seconds.
+const TICK_IDLE: Duration = Duration::from_secs(1);
+/// Kernel-side counters (lost records, probe errors, per-program run time) are read this
+/// often (a few syscalls per program), the wall clock resampled and forgotten cgroups
+/// dropped.
+const HOUSEKEEPING: Duration = Duration::from_secs(5);
 /// How often the cgroup tree is walked although the kernel reports every cgroup.
 const SAFETY_WALK: Duration = Duration::from_secs(300);
 
@@ -92,7 +102,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Clock::sample(),
         metrics.termination.clone(),
         boot_now_ns(),
-    );
+    )
+    .with_traffic_metrics(metrics.traffic.clone());
     metrics
         .termination
         .set_series_ttl_ns(args.series_ttl_seconds.saturating_mul(1_000_000_000));
@@ -116,7 +127,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // owns the RingBuf; nothing else closes or replaces it.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .context("ring buffer fd")?;
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let tick = tokio::time::sleep(TICK_IDLE);
+    tokio::pin!(tick);
     let mut poll = RingPoll::new();
     // One timer, moved on each poll: a new one per loop would re-register with the
     // timer wheel (and wake the driver) every time round.
@@ -126,7 +138,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // net, and runs at once when cgroup records were lost in a full ring.
     let mut safety_walk =
         tokio::time::interval_at(tokio::time::Instant::now() + SAFETY_WALK, SAFETY_WALK);
-    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
@@ -140,21 +152,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     guard.clear_ready();
                 }
                 pipeline.sync_kernel_map(&mut probes);
+                hurry(tick.as_mut(), &mut pipeline);
             }
             _ = &mut ring_timer => {
                 let drained = drain(ring.get_mut(), |r| pipeline.handle_record(r));
                 poll.polled(drained.records);
                 ring_timer.as_mut().reset(poll.next());
                 pipeline.sync_kernel_map(&mut probes);
+                hurry(tick.as_mut(), &mut pipeline);
             }
             Some(update) = kube_rx.recv() => {
                 // What the kernel saw before this API change is handled first: records
                 // wait in the ring until the next poll, a watch event does not.
                 let drained = drain(ring.get_mut(), |r| pipeline.handle_record(r));
                 poll.saw(drained.records);
+                pipeline.refresh_traffic(&mut probes);
                 pipeline.tracker().kube(update, boot_now_ns());
+                pipeline.sync_kernel_map(&mut probes);
+                hurry(tick.as_mut(), &mut pipeline);
             }
-            _ = tick.tick() => {
+            _ = &mut tick => {
                 let drained = drain(ring.get_mut(), |r| pipeline.handle_record(r));
                 poll.saw(drained.records);
                 pipeline.sync_kernel_map(&mut probes);
@@ -163,6 +180,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 if let Some(s) = pipeline.tracker().snapshot(now) {
                     snap_tx.send_replace(s);
                 }
+                let every = if pipeline.tracker().ending() { TICK_BUSY } else { TICK_IDLE };
+                tick.as_mut().reset(tokio::time::Instant::now() + every);
             }
             _ = safety_walk.tick() => walk(&mut pipeline, &mut probes),
             _ = housekeeping.tick() => {
@@ -219,6 +238,14 @@ impl RingPoll {
         let now = tokio::time::Instant::now();
         let quiet = now.duration_since(self.last_record) >= QUIET_AFTER;
         self.at = now + if quiet { RING_POLL_QUIET } else { RING_POLL };
+    }
+}
+
+/// Brings the tick forward when a container started ending since it was set.
+fn hurry(tick: std::pin::Pin<&mut tokio::time::Sleep>, pipeline: &mut Pipeline) {
+    let soon = tokio::time::Instant::now() + TICK_BUSY;
+    if tick.deadline() > soon && pipeline.tracker().ending() {
+        tick.reset(soon);
     }
 }
 

@@ -120,6 +120,14 @@ impl Agent {
         bail!("agent not ready after {timeout:?}:\n{}", self.log_text())
     }
 
+    /// SIGKILLs the agent (a crash, an OOM kill) and reaps it; the kernel detaches its
+    /// programs as their last file descriptors close. Returns its log.
+    pub fn kill_hard(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log_text()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -171,6 +179,34 @@ impl Agent {
             &format!("/debug/terminations/container/{container_id}"),
             timeout,
         )
+    }
+
+    /// Waits until a termination of the pod, in progress or not, shows a timeline entry
+    /// `what`.
+    pub fn wait_for_timeline(
+        &self,
+        namespace: &str,
+        pod: &str,
+        what: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let path = format!("/debug/terminations/{namespace}/{pod}");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ts = self.terminations_at(&path)?;
+            let seen = ts.iter().find(|t| {
+                t["timeline"]
+                    .as_array()
+                    .is_some_and(|es| es.iter().any(|e| e["what"] == what))
+            });
+            if let Some(t) = seen {
+                return Ok(t.clone());
+            }
+            if Instant::now() > deadline {
+                bail!("no `{what}` for {namespace}/{pod} after {timeout:?}; have {ts:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn wait_for(&self, path: &str, timeout: Duration) -> anyhow::Result<Value> {

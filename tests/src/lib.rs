@@ -12,5 +12,6 @@ pub mod deploy;
 pub mod engines;
 pub mod image;
 pub mod kubelet;
+pub mod netns;
 pub mod prometheus;
 pub mod runc;

@@ -3,7 +3,11 @@
 //! private containerd through its CRI API and deletes them the way kubelet does. Each test asserts what a
 //! user reads: `/debug/terminations/<ns>/<pod>`, `gracewatch explain`, `/metrics`.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use gracewatch_tests::{
     agent::{codes, whats, Agent, Metrics},
@@ -676,6 +680,96 @@ fn agent_started_while_the_pod_is_terminating() {
 }
 
 #[test]
+fn agent_killed_mid_termination_and_restarted_invents_nothing() {
+    let k = Cluster::new();
+    let first = k.agent();
+    let mut def = web("crashy-1", "trap '' TERM; while true; do sleep 0.1; done");
+    def.service = None;
+    def.grace_seconds = 3;
+    let pod = k.node.run_pod(def).expect("pod");
+    std::thread::sleep(Duration::from_millis(300));
+    let (second, restart) = std::thread::scope(|s| {
+        let deleting = s.spawn(|| k.node.delete_pod(&pod, &DeleteOptions::default()));
+        // The first agent sees the deletion and the SIGTERM, then dies (an OOM kill, a
+        // node-level crash) and its DaemonSet restarts it at once.
+        let seen = first.wait_for_timeline("shop", "crashy-1", "sigterm", WAIT);
+        let _ = first.kill_hard();
+        seen.expect("the first agent saw the SIGTERM");
+        let started = Instant::now();
+        let second = k.agent();
+        let restart = started.elapsed();
+        eprintln!("restarted agent ready after {restart:?}");
+        deleting.join().expect("thread").expect("delete");
+        (second, restart)
+    });
+    assert!(
+        restart < Duration::from_secs(10),
+        "the restarted agent was ready after {restart:?}"
+    );
+    let t = second
+        .wait_pod_completed("shop", "crashy-1", WAIT)
+        .expect("termination");
+    let app = container(&t, "app");
+    assert_eq!(
+        app["outcome"], "unknown",
+        "the SIGTERM came before this agent started: {t:#}"
+    );
+    assert_eq!(app["exit_signal"], "SIGKILL");
+    assert_eq!(count(&t, "sigterm"), 0, "nothing invented: {t:#}");
+    let kills_from_outside = t["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter(|e| {
+            e["what"] == "sigkill"
+                && e["container"] == "app"
+                && e["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("outside the container"))
+        })
+        .count();
+    assert_eq!(kills_from_outside, 1, "runc's SIGKILL at the grace: {t:#}");
+    assert!(
+        !codes(&t).contains(&"FORCED_KILL".to_string()),
+        "nothing invented: {t:#}"
+    );
+    let detail = |what: &str| {
+        t["timeline"]
+            .as_array()
+            .expect("timeline")
+            .iter()
+            .find(|e| e["what"] == what)
+            .map(|e| e["detail"].as_str().unwrap_or_default().to_string())
+    };
+    assert!(
+        detail("deletion_requested")
+            .expect("deletion in the timeline")
+            .contains("before the agent started"),
+        "{t:#}"
+    );
+    let m = second.metrics().expect("metrics");
+    assert_eq!(
+        m.sum(
+            "gracewatch_container_terminations_total",
+            &["outcome=\"killed_without_sigterm\""]
+        ),
+        0.0,
+        "the restarted agent counts no kill without SIGTERM"
+    );
+    let start = m
+        .value("gracewatch_agent_start_time_seconds")
+        .expect("agent start time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(
+        now - start < 60.0 && now >= start,
+        "the start time shows the restart: {start} vs now {now}"
+    );
+}
+
+#[test]
 fn api_server_restart_mid_watch_loses_and_duplicates_nothing() {
     let k = Cluster::new();
     let agent = k.agent();
@@ -752,7 +846,7 @@ fn stuck_terminating_pod_is_reported_with_what_holds_it() {
     std::thread::sleep(Duration::from_millis(500));
     k.node.delete_without_kubelet(&pod, 1).expect("delete");
     // Grace 1 s + --stuck-margin-seconds 2: stuck after 3 s.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(15);
     let stuck = loop {
         let ts = agent.terminations_of_pod("shop", "stuck-1").expect("list");
         if let Some(t) = ts
@@ -761,10 +855,7 @@ fn stuck_terminating_pod_is_reported_with_what_holds_it() {
         {
             break t.clone();
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never reported stuck: {ts:#?}"
-        );
+        assert!(Instant::now() < deadline, "never reported stuck: {ts:#?}");
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(stuck["state"], "in_progress");

@@ -350,22 +350,29 @@ fn tiny_ring_under_a_signal_storm_exports_exactly_what_it_lost() {
     for _ in 0..sent {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).expect("kill");
     }
-    // Lost counters are read from the kernel once a second.
-    std::thread::sleep(Duration::from_millis(2500));
-    let m = agent.metrics().expect("metrics");
-    let received = m.sum(
-        "gracewatch_signals_total",
-        &[
-            &format!("container=\"{}\"", short(&c)),
-            "signal=\"SIGUSR1\"",
-        ],
-    );
-    let lost = m
-        .value("gracewatch_bpf_events_lost_total{kind=\"signal_generate\"}")
-        .expect("lost series");
-    let got = m
-        .value("gracewatch_bpf_events_total{kind=\"signal_generate\"}")
-        .expect("events series");
+    // Lost counters are read from the kernel every 5 s: wait until they are in, then
+    // check them exactly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let (received, lost, got) = loop {
+        let m = agent.metrics().expect("metrics");
+        let received = m.sum(
+            "gracewatch_signals_total",
+            &[
+                &format!("container=\"{}\"", short(&c)),
+                "signal=\"SIGUSR1\"",
+            ],
+        );
+        let lost = m
+            .value("gracewatch_bpf_events_lost_total{kind=\"signal_generate\"}")
+            .expect("lost series");
+        let got = m
+            .value("gracewatch_bpf_events_total{kind=\"signal_generate\"}")
+            .expect("events series");
+        if received + lost >= sent as f64 || std::time::Instant::now() > deadline {
+            break (received, lost, got);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     assert!(
         lost > 0.0,
         "a 4 KiB ring should overflow under {sent} signals (received {received})"

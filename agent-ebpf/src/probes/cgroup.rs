@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 
-use super::{conf, emit, ns_identity, probe_error, read_at, reserve, submit};
+use super::{conf, emit, ns_identity, probe_error, read_at, reserve, submit_now};
 
 /// `cgroup:cgroup_mkdir`, TP_PROTO(struct cgroup *cgrp, const char *path). The kernel
 /// builds `path` (relative to the hierarchy's root) only while the tracepoint is enabled.
@@ -89,7 +89,10 @@ fn try_mkdir(ctx: &RawTracePointContext) -> Result<(), i32> {
         }
     };
     unsafe { (*record).path_len = len };
-    submit(entry);
+    // A new container cgroup must reach the kernel's map of container cgroups before the
+    // processes of a container that lives for milliseconds are filtered as the host's;
+    // cgroups are created at the rate containers start, so waking the reader is cheap.
+    submit_now(entry);
     Ok(())
 }
 

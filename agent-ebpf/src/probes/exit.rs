@@ -3,7 +3,7 @@
 use agent_ebpf::{EventKind, ExitEvent};
 use aya_ebpf::{helpers::generated, macros::raw_tracepoint, programs::RawTracePointContext};
 
-use super::{conf, current_header, emit, probe_error, read_at};
+use super::{conf, current_header, emit, emit_now, probe_error, read_at};
 
 /// `sched:sched_process_exit`, TP_PROTO(struct task_struct *p[, bool group_dead]);
 /// `current` is `p`. The exit code is not a tracepoint field: it is `p->exit_code`, set by
@@ -31,13 +31,16 @@ fn try_exit(_ctx: &RawTracePointContext) -> Result<(), i32> {
     let Some(header) = current_header(EventKind::Exit)? else {
         return Ok(());
     };
-    emit(
-        EventKind::Exit,
-        ExitEvent {
-            header,
-            exit_code: read_at(task, conf!(offsets.task_exit_code))?,
-            _pad: 0,
-        },
-    );
+    let pid1 = header.ns_tgid == 1;
+    let record = ExitEvent {
+        header,
+        exit_code: read_at(task, conf!(offsets.task_exit_code))?,
+        _pad: 0,
+    };
+    if pid1 {
+        emit_now(EventKind::Exit, record);
+    } else {
+        emit(EventKind::Exit, record);
+    }
     Ok(())
 }

@@ -5,6 +5,7 @@ mod cgroup;
 mod exec;
 mod exit;
 mod signal;
+mod traffic;
 
 use agent_ebpf::{Config, EventHeader, EventKind, COMM_LEN, EVENT_KIND_SLOTS, FLAG_TRACE_HOST};
 use aya_ebpf::{
@@ -145,4 +146,21 @@ pub(crate) fn emit<T: 'static>(kind: EventKind, record: T) {
         entry.write(record);
         submit(entry);
     }
+}
+
+/// Like [`emit`], but wakes the reader at once: for records that end something a user
+/// waits to see (a container's PID 1 exiting), which come at the rate containers end,
+/// not at the rate of a storm.
+#[inline(always)]
+pub(crate) fn emit_now<T: 'static>(kind: EventKind, record: T) {
+    if let Some(mut entry) = reserve::<T>(kind) {
+        entry.write(record);
+        submit_now(entry);
+    }
+}
+
+/// Hands a filled record to user space and wakes the reader at once (see [`emit_now`]).
+#[inline(always)]
+pub(crate) fn submit_now<T: 'static>(entry: RingBufEntry<T>) {
+    entry.submit(BPF_RB_FORCE_WAKEUP);
 }

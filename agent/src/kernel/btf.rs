@@ -41,6 +41,14 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, KernelError> {
         _pad: 0,
         kernfs_node_id: r.offset("kernfs_node", "id")?,
         ksigaction_handler: sigaction + r.offset("sigaction", "sa_handler")?,
+        skc_family: r.offset("sock_common", "skc_family")?,
+        skc_rcv_saddr: r.offset("sock_common", "skc_rcv_saddr")?,
+        skc_v6_rcv_saddr: r.offset("sock_common", "skc_v6_rcv_saddr")?,
+        skb_len: r.offset("sk_buff", "len")?,
+        skb_data: r.offset("sk_buff", "data")?,
+        skb_head: r.offset("sk_buff", "head")?,
+        skb_network_header: r.offset("sk_buff", "network_header")?,
+        skc_num: r.offset("sock_common", "skc_num")?,
     })
 }
 
@@ -144,6 +152,9 @@ mod tests {
             o.ksigaction_handler, 0,
             "sa_handler is the first field of k_sigaction"
         );
+        // sock_common starts with the addresses: daddr, then rcv_saddr.
+        assert_eq!(o.skc_rcv_saddr, 4, "{o:?}");
+        assert!(o.skb_head < o.skb_data, "{o:?}");
         // In every kernel layout: pid, tgid, …, comm; comm far beyond tgid.
         assert!(o.task_comm > o.task_tgid, "{o:?}");
     }

@@ -4,11 +4,12 @@
 use std::path::Path;
 
 use agent_ebpf::{
-    Config, EventKind, CONFIG_GLOBAL, CONTAINER_CGROUPS_MAP, EVENTS_MAP, FLAG_TRACE_HOST, LOST_MAP,
-    PROBE_ERRORS_MAP,
+    Addr, Config, EventKind, TrafficCounters, WatchMarks, CONFIG_GLOBAL, CONTAINER_CGROUPS_MAP,
+    EVENTS_MAP, FLAG_TRACE_HOST, LOST_MAP, PROBE_ERRORS_MAP, TRAFFIC_MAP, WATCHED_ADDRS_MAP,
+    WATCH_COUNT_MAP,
 };
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::RawTracePoint,
     Ebpf, EbpfLoader,
 };
@@ -21,13 +22,16 @@ static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gracewatch-probes"));
 
 /// (program name in the object, raw tracepoint it attaches to)
-pub const PROGRAMS: [(&str, &str); 6] = [
+pub const PROGRAMS: [(&str, &str); 9] = [
     ("signal_generate", "signal_generate"),
     ("signal_deliver", "signal_deliver"),
     ("sched_process_exit", "sched_process_exit"),
     ("sched_process_exec", "sched_process_exec"),
     ("cgroup_mkdir", "cgroup_mkdir"),
     ("cgroup_rmdir", "cgroup_rmdir"),
+    ("inet_sock_set_state", "inet_sock_set_state"),
+    ("tcp_probe", "tcp_probe"),
+    ("tcp_send_reset", "tcp_send_reset"),
 ];
 
 /// A running total per event kind, as the kernel-side counters keep them.
@@ -60,6 +64,9 @@ pub struct Probes {
     lost: PerCpuArray<MapData, u64>,
     probe_errors: PerCpuArray<MapData, u64>,
     containers: HashMap<MapData, u64, u8>,
+    watched: HashMap<MapData, Addr, WatchMarks>,
+    traffic: PerCpuHashMap<MapData, Addr, TrafficCounters>,
+    watch_count: Array<MapData, u32>,
     /// cgroup records lost or failed so far (to tell when a walk must fill the gap).
     cgroup_records_lost: u64,
 }
@@ -98,12 +105,21 @@ impl Probes {
             .map_err(map_err(PROBE_ERRORS_MAP))?;
         let containers = HashMap::try_from(take_map(&mut ebpf, CONTAINER_CGROUPS_MAP)?)
             .map_err(map_err(CONTAINER_CGROUPS_MAP))?;
+        let watched = HashMap::try_from(take_map(&mut ebpf, WATCHED_ADDRS_MAP)?)
+            .map_err(map_err(WATCHED_ADDRS_MAP))?;
+        let traffic = PerCpuHashMap::try_from(take_map(&mut ebpf, TRAFFIC_MAP)?)
+            .map_err(map_err(TRAFFIC_MAP))?;
+        let watch_count = Array::try_from(take_map(&mut ebpf, WATCH_COUNT_MAP)?)
+            .map_err(map_err(WATCH_COUNT_MAP))?;
         Ok((
             Self {
                 ebpf,
                 lost,
                 probe_errors,
                 containers,
+                watched,
+                traffic,
+                watch_count,
                 cgroup_records_lost: 0,
             },
             ring,
@@ -139,6 +155,56 @@ impl Probes {
             }
             Err(e) => Err(map_err(CONTAINER_CGROUPS_MAP)(e)),
         }
+    }
+
+    /// Starts counting a terminating pod's traffic at `addr` (or updates its marks).
+    /// Counters start at zero when the address was not watched yet.
+    pub fn watch_addr(&mut self, addr: Addr, marks: &WatchMarks) -> Result<(), KernelError> {
+        if self.traffic.get(&addr, 0).is_err() {
+            let io = |source| KernelError::MapIo {
+                name: TRAFFIC_MAP,
+                source,
+            };
+            let cpus = aya::util::nr_cpus().map_err(|(_, e)| io(e))?;
+            let zero =
+                PerCpuValues::try_from(vec![TrafficCounters::default(); cpus]).map_err(io)?;
+            self.traffic
+                .insert(addr, zero, 0)
+                .map_err(map_err(TRAFFIC_MAP))?;
+        }
+        self.watched
+            .insert(addr, *marks, 0)
+            .map_err(map_err(WATCHED_ADDRS_MAP))?;
+        self.sync_watch_count()
+    }
+
+    /// Stops counting at `addr` and forgets its counters.
+    pub fn unwatch_addr(&mut self, addr: Addr) -> Result<(), KernelError> {
+        let gone = |r: Result<(), aya::maps::MapError>, name: &'static str| match r {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(nix::libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(map_err(name)(e)),
+        };
+        gone(self.watched.remove(&addr), WATCHED_ADDRS_MAP)?;
+        gone(self.traffic.remove(&addr), TRAFFIC_MAP)?;
+        self.sync_watch_count()
+    }
+
+    /// What the probes counted at a watched address so far, summed over CPUs.
+    pub fn traffic(&self, addr: &Addr) -> Option<TrafficCounters> {
+        let per_cpu = self.traffic.get(addr, 0).ok()?;
+        Some(crate::traffic::sum_cpus(per_cpu.iter()))
+    }
+
+    fn sync_watch_count(&mut self) -> Result<(), KernelError> {
+        let n = self.watched.keys().filter(|k| k.is_ok()).count() as u32;
+        self.watch_count
+            .set(0, n, 0)
+            .map_err(map_err(WATCH_COUNT_MAP))
     }
 
     /// Kernel-side run statistics per program: (name, run count, total run time in ns).

@@ -37,6 +37,12 @@ pub enum KernelError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    #[error("BPF map {name}: {source}")]
+    MapIo {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("BPF object has no {what} named {name} (agent and probes out of step?)")]
     Missing { what: &'static str, name: String },
     #[error("ring buffer size {0} is not a power of two of at least 4096 bytes")]

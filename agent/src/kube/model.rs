@@ -63,6 +63,9 @@ pub struct ApiPod {
     /// `<kind>/<name>` of the controlling workload ("deployment/web"), or "" for none.
     pub workload: String,
     pub ips: Vec<String>,
+    /// `spec.hostNetwork`: the pod uses the node's addresses, so its traffic cannot be
+    /// told apart from the node's by address.
+    pub host_network: bool,
     pub deletion_timestamp: Option<OffsetDateTime>,
     pub deletion_grace_seconds: Option<i64>,
     pub termination_grace_seconds: i64,
@@ -138,6 +141,7 @@ pub fn api_pod(pod: &Pod) -> Result<ApiPod, ModelError> {
             .and_then(|s| s.pod_ips.as_ref())
             .map(|ips| ips.iter().map(|i| i.ip.clone()).collect())
             .unwrap_or_default(),
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         deletion_timestamp: meta
             .deletion_timestamp
             .as_ref()
@@ -323,6 +327,15 @@ mod tests {
     }
 
     #[test]
+    fn a_host_network_pod_is_marked() {
+        let mut pod = pod_json(serde_json::json!({}));
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.host_network = Some(true);
+        }
+        assert!(api_pod(&pod).expect("convert").host_network);
+    }
+
+    #[test]
     fn converts_a_pod() {
         let p = api_pod(&pod_json(serde_json::json!({
             "deletionTimestamp": "2026-11-22T10:00:30Z",
@@ -337,6 +350,7 @@ mod tests {
         assert_eq!(p.effective_grace_seconds(), 10);
         assert_eq!(p.termination_grace_seconds, 20);
         assert_eq!(p.ips, ["10.0.0.7"]);
+        assert!(!p.host_network);
         assert_eq!(p.finalizers, ["example.com/hold"]);
         assert_eq!(p.containers[0].prestop, Some(PreStop::Sleep(5)));
         assert_eq!(

@@ -154,8 +154,7 @@ pub struct NodeView {
     by_uid: HashMap<String, ApiPodState>,
     /// Container id → (pod uid, container name).
     by_container: HashMap<String, (String, String)>,
-    /// Pod IP → pod uid. No reader yet: it is for attributing traffic to a terminating
-    /// pod by address (traffic after endpoint removal), which is still to be built.
+    /// Pod IP → pod uid.
     by_ip: HashMap<String, String>,
     removed: VecDeque<String>,
 }
@@ -480,6 +479,7 @@ mod tests {
             name: "web-1".into(),
             workload: "deployment/web".into(),
             ips: vec!["10.1.0.7".into()],
+            host_network: false,
             deletion_timestamp: deleting
                 .then(|| OffsetDateTime::from_unix_timestamp(130).expect("time")),
             deletion_grace_seconds: deleting.then_some(30),

@@ -2,7 +2,8 @@
 //! by the subsystem that records it: [`KernelMetrics`] (ring buffer, probes, decoding),
 //! [`AttributionMetrics`] (events no container could be found for),
 //! [`TerminationMetrics`] (signals, container and pod ends, terminating pods),
-//! [`KubeMetrics`] (API watches) and [`HttpMetrics`] (the agent's own HTTP server).
+//! [`KubeMetrics`] (API watches), [`TrafficMetrics`] (traffic that still reached
+//! terminating pods) and [`HttpMetrics`] (the agent's own HTTP server).
 //! Each group registers itself and offers intent-level methods; no caller builds a label
 //! set. Prefix `gracewatch_`; labels are bounded sets (never pod IPs, PIDs or command
 //! lines).
@@ -14,11 +15,13 @@ mod http;
 mod kernel;
 mod kube;
 mod termination;
+mod traffic;
 
 pub use http::{HttpMetrics, HttpTimeout};
 pub use kernel::{AttributionMetrics, KernelMetrics};
 pub use kube::KubeMetrics;
 pub use termination::{ContainerEnd, PodEnd, Subject, TerminationMetrics, Workload, SERIES_TTL_NS};
+pub use traffic::{PodTrafficEnd, TrafficMetrics};
 
 use std::sync::Arc;
 
@@ -51,6 +54,7 @@ pub struct Metrics {
     pub attribution: Arc<AttributionMetrics>,
     pub termination: Arc<TerminationMetrics>,
     pub kube: Arc<KubeMetrics>,
+    pub traffic: Arc<TrafficMetrics>,
     pub http: Arc<HttpMetrics>,
 }
 
@@ -62,6 +66,7 @@ impl Metrics {
         let attribution = AttributionMetrics::register(&mut registry);
         let termination = TerminationMetrics::register(&mut registry);
         let kube = KubeMetrics::register(&mut registry);
+        let traffic = TrafficMetrics::register(&mut registry);
         let http = HttpMetrics::register(&mut registry);
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
@@ -89,6 +94,7 @@ impl Metrics {
             attribution: Arc::new(attribution),
             termination: Arc::new(termination),
             kube: Arc::new(kube),
+            traffic: Arc::new(traffic),
             http: Arc::new(http),
         }
     }

@@ -52,7 +52,7 @@ struct DurationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Default)]
-struct WorkloadLabels {
+pub(super) struct WorkloadLabels {
     namespace: String,
     workload: String,
 }
@@ -125,6 +125,10 @@ impl Workload {
             namespace: namespace.to_string(),
             workload: workload.to_string(),
         })
+    }
+
+    pub(super) fn labels(&self) -> &WorkloadLabels {
+        &self.0
     }
 }
 

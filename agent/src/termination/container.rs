@@ -182,6 +182,17 @@ impl ContainerTrack {
             .unwrap_or_else(|| self.subject.container().to_string())
     }
 
+    /// Forgets processes other than PID 1 that no longer exist in `/proc`: a process in
+    /// the container's cgroup but in the host's PID namespace whose exit the kernel filter
+    /// let through as the host's, because it exited before the agent marked the cgroup
+    /// (a container living for milliseconds). Called only while waiting for the rest of
+    /// an ended container to go.
+    pub(super) fn forget_vanished(&mut self, proc_root: &std::path::Path) {
+        let pid1 = self.pid1;
+        self.procs
+            .retain(|tgid, _| Some(*tgid) == pid1 || proc_root.join(tgid.to_string()).exists());
+    }
+
     /// Host pids of the processes believed alive.
     pub(super) fn live_tgids(&self) -> Vec<u32> {
         self.procs.keys().copied().collect()
@@ -952,6 +963,33 @@ mod tests {
         for (name, events, want) in cases {
             assert_eq!(feed(&events).1, want, "{name}");
         }
+    }
+
+    #[test]
+    fn processes_gone_from_proc_stop_holding_an_ended_container() {
+        // A host-namespace process (P2, e.g. the `unshare` that made PID 1) whose exit
+        // came before the cgroup was marked in the kernel: only /proc can tell it is gone.
+        let (mut c, _) = feed(&[
+            exec(0, P1, 1, "app"),
+            exec(1, P2, 0, "unshare"),
+            exec(2, P3, 0, "helper"),
+            exit(300, P1, 1, "app", 3),
+        ]);
+        assert!(c.others_alive());
+        let proc_root = std::env::temp_dir().join(format!("gw-proc-{}", std::process::id()));
+        std::fs::create_dir_all(proc_root.join(P3.to_string())).expect("fake /proc");
+        c.forget_vanished(&proc_root);
+        let left = c.live_tgids();
+        std::fs::remove_dir_all(&proc_root).expect("cleanup");
+        assert!(
+            left.contains(&P3),
+            "a process still in /proc is kept: {left:?}"
+        );
+        assert!(
+            !left.contains(&P2),
+            "a vanished process is forgotten: {left:?}"
+        );
+        assert!(c.others_alive());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::{
     kube::ApiPodState,
     metrics::{ContainerEnd, PodEnd, TerminationMetrics, Workload},
     report::{signal_name, ContainerReport, DiagnosisEntry, State, Termination, TimelineEntry},
+    traffic::PodTrafficReport,
 };
 
 /// How long a signalled record of a pod not (yet) seen deleting waits for the deletion.
@@ -38,6 +39,8 @@ struct OpenRecord {
     timeline: Vec<TimelineEntry>,
     diagnoses: Vec<DiagnosisEntry>,
     workload: Workload,
+    /// Traffic that still reached the pod (replaced as the counts grow).
+    traffic: PodTrafficReport,
 }
 
 pub(super) struct Records {
@@ -190,6 +193,13 @@ impl Records {
         rec.workload = Workload::new(&pod.pod.namespace, &pod.pod.workload);
     }
 
+    /// The traffic that reached `key`'s pod so far.
+    pub(super) fn set_traffic(&mut self, key: &str, t: &PodTrafficReport) {
+        if let Some(rec) = self.open.get_mut(key) {
+            rec.traffic = t.clone();
+        }
+    }
+
     /// Classifies a container that is done, exports its metrics and files it in its
     /// pod's record.
     pub(super) fn finalize(
@@ -297,7 +307,12 @@ impl Records {
                 key.as_str(),
                 Termination {
                     containers: rec.containers.clone(),
-                    timeline: rec.timeline.clone(),
+                    timeline: rec
+                        .timeline
+                        .iter()
+                        .chain(&rec.traffic.timeline)
+                        .cloned()
+                        .collect(),
                     diagnoses: rec.diagnoses.clone(),
                     ..Termination::in_progress(rec.uid.clone())
                 },
@@ -346,6 +361,8 @@ fn complete(
                 .is_some_and(JoinedPod::sigterm_before_endpoint_removal),
         },
     );
+    rec.timeline.append(&mut rec.traffic.timeline);
+    rec.diagnoses.append(&mut rec.traffic.diagnoses);
     if let Some(j) = &joined {
         rec.diagnoses.extend(
             pod_diagnoses(j)

@@ -20,8 +20,9 @@ use crate::{
     join,
     kernel::TaskEvent,
     kube::{KubeUpdate, NodeView, PodChange},
-    metrics::TerminationMetrics,
+    metrics::{TerminationMetrics, TrafficMetrics},
     report::{Snapshot, Termination},
+    traffic::{self, proc_net::SocketTable, TrafficWatch},
 };
 
 /// Longest wait, after PID 1's exit, for the container's other processes to exit.
@@ -43,15 +44,19 @@ pub struct TrackerOptions {
     /// signal, and a container that existed before the agent and ended within it of the
     /// agent's start may have been stopped before the agent could see it.
     pub max_grace_ns: u64,
+    /// Where live processes are listed (`/proc` of the host PID namespace), to check
+    /// that processes believed alive after PID 1's exit still exist; `None`: never look.
+    pub proc_root: Option<std::path::PathBuf>,
 }
 
 impl Default for TrackerOptions {
     fn default() -> Self {
         Self {
-            linger_ns: 500_000_000,
+            linger_ns: 150_000_000,
             history: 256,
             stuck_margin_ns: 30_000_000_000,
             max_grace_ns: 30_000_000_000,
+            proc_root: Some(std::path::PathBuf::from("/proc")),
         }
     }
 }
@@ -68,6 +73,9 @@ pub struct Tracker {
     finished_order: VecDeque<u64>,
     records: Records,
     view: NodeView,
+    /// Terminating pods' addresses watched in the kernel, and what was counted there.
+    traffic: TrafficWatch,
+    traffic_metrics: Option<Arc<TrafficMetrics>>,
     dirty: bool,
 }
 
@@ -90,7 +98,80 @@ impl Tracker {
             finished_order: VecDeque::new(),
             records,
             view: NodeView::default(),
+            traffic: TrafficWatch::default(),
+            traffic_metrics: None,
             dirty: true,
+        }
+    }
+
+    /// Where each pod's traffic figures go when its record completes.
+    pub fn with_traffic_metrics(mut self, m: Arc<TrafficMetrics>) -> Self {
+        self.traffic_metrics = Some(m);
+        self
+    }
+
+    /// The traffic watch (its kernel map writes are applied by the owner of the maps).
+    pub fn traffic(&mut self) -> &mut TrafficWatch {
+        &mut self.traffic
+    }
+
+    /// The socket table of a pod's network namespace, read through one of its processes.
+    fn socket_table(&self, uid: &str) -> Option<SocketTable> {
+        let mut tracks: Vec<&ContainerTrack> = self
+            .containers
+            .values()
+            .filter(|c| c.container.cgroup.pod_uid.as_deref() == Some(uid))
+            .collect();
+        // The sandbox holds the network namespace longest.
+        tracks.sort_by_key(|c| !c.sandbox);
+        tracks
+            .iter()
+            .flat_map(|c| c.live_tgids())
+            .find_map(|pid| SocketTable::of_pid(pid).ok())
+    }
+
+    /// Marks a watched pod's first stop signal and last exit after a kernel event.
+    fn traffic_moments(&mut self, cgroup_id: u64) {
+        let Some(c) = self.containers.get(&cgroup_id) else {
+            return;
+        };
+        let Some(uid) = c.container.cgroup.pod_uid.clone() else {
+            return;
+        };
+        if c.sandbox || !self.traffic.is_watched(&uid) {
+            return;
+        }
+        if let Some(s) = &c.facts.stop_signal {
+            self.traffic.sigterm(&uid, s.at_ns);
+        }
+        let members = || {
+            self.containers
+                .values()
+                .filter(|o| !o.sandbox && o.container.cgroup.pod_uid.as_deref() == Some(&uid))
+        };
+        if members().all(|o| o.facts.pid1_exit_ns.is_some()) {
+            if let Some(last) = members().filter_map(|o| o.facts.pid1_exit_ns).max() {
+                self.traffic.exit(&uid, last);
+            }
+        }
+    }
+
+    /// Watched pods whose endpoint left since the last look.
+    fn traffic_removals(&mut self) {
+        let due: Vec<(String, u64)> = self
+            .view
+            .terminating()
+            .filter(|p| self.traffic.is_watched(&p.pod.uid))
+            .filter(|p| {
+                self.traffic
+                    .get(&p.pod.uid)
+                    .is_some_and(|t| t.marks.removal_ns == 0)
+            })
+            .filter_map(|p| Some((p.pod.uid.clone(), p.endpoint_down_ns?)))
+            .collect();
+        for (uid, at) in due {
+            let table = self.socket_table(&uid);
+            self.traffic.removal(&uid, at, table.as_ref());
         }
     }
 
@@ -164,6 +245,9 @@ impl Tracker {
             TaskEvent::Exit(e) => on_exit(track, e, metrics, clock),
         }
         *dirty = true;
+        if matches!(ev, TaskEvent::Signal(_) | TaskEvent::Exit(_)) && self.traffic.watching() {
+            self.traffic_moments(id);
+        }
     }
 
     /// An update from the Kubernetes watchers, applied at `now_ns` (boot clock).
@@ -178,11 +262,47 @@ impl Tracker {
                     if let Some(p) = self.view.get(&uid) {
                         self.records.open_pod(p);
                     }
+                    self.watch_traffic(&uid);
                 }
-                PodChange::Removed(uid) => self.try_complete(&uid, now_ns),
+                PodChange::Removed(uid) => {
+                    self.try_complete(&uid, now_ns);
+                    self.traffic.gone(&uid);
+                }
             }
         }
+        if self.traffic.watching() {
+            self.traffic_removals();
+        }
         self.dirty = true;
+    }
+
+    /// A pod's deletion was seen: watch the addresses that are still its own.
+    fn watch_traffic(&mut self, uid: &str) {
+        let Some(p) = self.view.get(uid) else { return };
+        let ips: Vec<String> = p
+            .pod
+            .ips
+            .iter()
+            .filter(|ip| self.view.by_ip(ip).is_some_and(|o| o.pod.uid == uid))
+            .cloned()
+            .collect();
+        let host_network = p.pod.host_network;
+        if ips.is_empty() && !host_network {
+            return;
+        }
+        let table = self.socket_table(uid);
+        self.traffic
+            .deleting(uid, &ips, host_network, table.as_ref());
+        // Containers' stop signals and exits seen before the deletion was.
+        let ids: Vec<u64> = self
+            .containers
+            .iter()
+            .filter(|(_, c)| c.container.cgroup.pod_uid.as_deref() == Some(uid))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.traffic_moments(id);
+        }
     }
 
     /// Pod names may arrive after a container's first events: place its containers anew.
@@ -204,6 +324,13 @@ impl Tracker {
             .containers
             .values()
             .any(|o| o.terminating_since.is_some() && join::record_key(&o.container) == key);
+        let traffic = self.traffic.get(key).map(|t| {
+            let deletion = self.view.get(key).and_then(|p| p.deletion_ns);
+            traffic::report::report(t, deletion, &self.clock)
+        });
+        if let Some(t) = &traffic {
+            self.records.set_traffic(key, t);
+        }
         if self.records.try_complete(
             key,
             others_pending,
@@ -213,6 +340,16 @@ impl Tracker {
             &self.clock,
         ) {
             self.dirty = true;
+            if let Some(f) = traffic.and_then(|t| t.figures) {
+                let workload = self
+                    .view
+                    .get(key)
+                    .map(|p| crate::metrics::Workload::new(&p.pod.namespace, &p.pod.workload));
+                if let (Some(m), Some(w)) = (&self.traffic_metrics, workload) {
+                    m.pod_traffic(&w, &f);
+                }
+            }
+            self.traffic.take(key);
         }
     }
 
@@ -220,6 +357,18 @@ impl Tracker {
     /// anything changed.
     pub fn tick(&mut self, now_ns: u64) -> bool {
         let linger = self.opts.linger_ns;
+        // Before waiting out the cap for processes still believed alive after PID 1,
+        // check they still exist (their exits may have been filtered as the host's).
+        let proc_root = self.opts.proc_root.as_deref();
+        for c in self.containers.values_mut() {
+            let Some(proc_root) = proc_root else { break };
+            let waiting = c.facts.pid1_exit_ns.is_some()
+                && c.others_alive()
+                && now_ns.saturating_sub(c.last_event_ns) >= linger;
+            if waiting {
+                c.forget_vanished(proc_root);
+            }
+        }
         let done: Vec<u64> = self
             .containers
             .iter()
@@ -288,6 +437,14 @@ impl Tracker {
         Some(Arc::new(Snapshot { terminations }))
     }
 
+    /// Whether a container is ending (its PID 1 exited, or its cgroup went, after
+    /// something was seen), so a tick soon may finalize it.
+    pub fn ending(&self) -> bool {
+        self.containers
+            .values()
+            .any(|c| c.terminating_since.is_some() && (c.facts.pid1_exit_ns.is_some() || c.gone))
+    }
+
     /// Containers currently tracked (tests, debugging).
     pub fn tracked(&self) -> usize {
         self.containers.len()
@@ -303,7 +460,11 @@ mod tests {
 
     fn run(events: &[TaskEvent]) -> Tracker {
         let mut t = Tracker::new(
-            TrackerOptions::default(),
+            TrackerOptions {
+                // The test's pids are made up.
+                proc_root: None,
+                ..TrackerOptions::default()
+            },
             Clock::with_offset_ns(0),
             Metrics::new("test").termination,
             0,
@@ -483,5 +644,91 @@ mod tests {
             "{:?}",
             term.diagnoses
         );
+    }
+
+    fn api_pod(host_network: bool, deleting: bool) -> Arc<crate::kube::ApiPod> {
+        use crate::kube::{model::ApiContainer, ApiContainerKind, ApiPod};
+        Arc::new(ApiPod {
+            uid: "6f1c2d3e-1111-2222-3333-444455556666".into(),
+            namespace: "shop".into(),
+            name: "web-1".into(),
+            workload: "deployment/web".into(),
+            ips: vec!["10.1.0.7".into()],
+            host_network,
+            deletion_timestamp: deleting
+                .then(|| time::OffsetDateTime::from_unix_timestamp(130).expect("time")),
+            deletion_grace_seconds: deleting.then_some(30),
+            termination_grace_seconds: 30,
+            finalizers: vec![],
+            containers: vec![ApiContainer {
+                name: "app".into(),
+                kind: ApiContainerKind::App,
+                prestop: None,
+                stop_signal: None,
+                container_id: Some("a".repeat(64)),
+                terminated: None,
+            }],
+        })
+    }
+
+    /// A pod through deletion, SIGTERM, exit and removal; the completed record.
+    fn pod_lifecycle(host_network: bool) -> (Tracker, Arc<Termination>) {
+        let uid = "6f1c2d3e-1111-2222-3333-444455556666";
+        let mut t = run(&[exec(0, P1, 1, "app")]);
+        let pod = |deleting, at_ns| KubeUpdate::Pod {
+            pod: api_pod(host_network, deleting),
+            at_ns,
+        };
+        t.kube(pod(false, 100 * MS), 100 * MS);
+        assert!(!t.traffic().is_watched(uid), "not before its deletion");
+        t.kube(pod(true, 1000 * MS), 1000 * MS);
+        assert_eq!(t.traffic().is_watched(uid), !host_network);
+        let c = container();
+        t.handle(
+            &c,
+            &signal(1100, P1, 1, "app", 15, RUNC, sig_result::DELIVERED),
+        );
+        t.handle(&c, &exit(1200, P1, 1, "app", 0));
+        if !host_network {
+            let marks = t.traffic().get(uid).expect("watched").marks;
+            assert_eq!((marks.sigterm_ns, marks.exit_ns), (1100 * MS, 1200 * MS));
+        }
+        t.tick(2000 * MS);
+        t.kube(
+            KubeUpdate::PodRemoved {
+                uid: uid.into(),
+                at_ns: 3000 * MS,
+            },
+            3000 * MS,
+        );
+        assert!(!t.traffic().is_watched(uid), "unwatched once gone");
+        let term = last(&mut t, 3100).expect("termination");
+        assert_eq!(term.state, crate::report::State::Completed);
+        (t, term)
+    }
+
+    #[test]
+    fn a_deleted_pods_addresses_are_watched_until_it_is_gone() {
+        let (_, term) = pod_lifecycle(false);
+        assert!(
+            !term
+                .timeline
+                .iter()
+                .any(|e| e.what == "traffic_not_measured"),
+            "{:?}",
+            term.timeline
+        );
+    }
+
+    #[test]
+    fn a_host_network_pods_record_says_its_traffic_was_not_measured() {
+        let (_, term) = pod_lifecycle(true);
+        let e = term
+            .timeline
+            .iter()
+            .find(|e| e.what == "traffic_not_measured")
+            .expect("said in the record");
+        assert!(e.detail.starts_with("hostNetwork pod"), "{}", e.detail);
+        assert!(!term.diagnoses.iter().any(|d| d.code.contains("TRAFFIC")));
     }
 }

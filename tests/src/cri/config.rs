@@ -23,8 +23,8 @@ pub(super) fn render(layout: &Layout) -> String {
     // `SystemdCgroup = false`: the cgroupfs driver, so the runtime places containers at
     // `<cgroup_parent>/<id>` as the sandbox config asks (`/kubepods/<qos>/pod<uid>`).
     // `Root`: runc's state of these containers, apart from any other runc user.
-    // The CNI directories exist so the plugin does not create /etc/cni; pods use the
-    // node's network namespace and never call CNI.
+    // The CNI directories hold the harness's own plugin (module `network`): only pods
+    // that ask for a network namespace of their own call it.
     format!(
         r#"version = 2
 root = {root}

@@ -30,6 +30,7 @@ pub(super) fn remove_all(layout: &Layout) -> Vec<String> {
     };
     note(kill_runc_containers(layout));
     note(kill_shims(layout));
+    note(super::network::remove_leftovers(layout));
     note(remove_shim_sockets(layout));
     note(unmount_under(layout.dir()));
     note(remove_pod_cgroups(layout));

@@ -22,6 +22,7 @@ mod client;
 mod config;
 mod image;
 mod leftovers;
+mod network;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -146,6 +147,7 @@ impl Containerd {
     fn launch(&mut self) -> Result<()> {
         let layout = &self.layout;
         fs::write(layout.config(), config::render(layout))?;
+        network::install(layout)?;
         image::write_archive(&layout.images())?;
         let log = File::create(layout.log())?;
         let child = Command::new("containerd")
@@ -240,6 +242,12 @@ impl Containerd {
         let _creating = cgroups::CgroupLock::shared()?;
         cgroups::mark_new_ancestors(&format!("{parent}/sandbox"))?;
         self.cri()?.run_pod_sandbox(config)
+    }
+
+    /// The address a pod whose sandbox gets a network namespace of its own is given there
+    /// (`<a.b.c>.2`; the host end is `<a.b.c>.1`), set before `RunPodSandbox`.
+    pub fn assign_pod_ip(&self, namespace: &str, name: &str, ip: &str) -> Result<()> {
+        network::assign(&self.layout, namespace, name, ip)
     }
 
     /// What kubelet does once a pod's sandbox is gone: removes the pod cgroup

@@ -2,7 +2,8 @@
 //! drives it. `run_pod`: RunPodSandbox (the pod's uid, name and namespace; the node's
 //! network namespace, one PID namespace per container), CreateContainer and
 //! StartContainer per container (`sh -c <script>` from the busybox image), container ids
-//! reported in the pod's status (`containerd://<id>`). `delete_pod`: kubelet's kill
+//! reported in the pod's status (`containerd://<id>`). A pod may ask for a network
+//! namespace of its own (`PodDef::own_network`), reached from the node at its pod IP. `delete_pod`: kubelet's kill
 //! sequence per container (module `kill`), while an EndpointSlice controller takes the
 //! pod out of its Service after a lag the scenario chooses; then StopPodSandbox,
 //! RemoveContainer, RemovePodSandbox, the pod cgroup removed, the pod removed from the API.
@@ -77,6 +78,9 @@ pub struct PodDef {
     pub containers: Vec<ContainerDef>,
     /// Service whose EndpointSlice lists the pod.
     pub service: Option<String>,
+    /// A network namespace of its own, reached from the node at the pod IP (the
+    /// harness's CNI plugin makes it); otherwise the node's, with a pod IP only in the API.
+    pub own_network: bool,
 }
 
 impl PodDef {
@@ -88,6 +92,7 @@ impl PodDef {
             grace_seconds: 30,
             containers,
             service: None,
+            own_network: false,
         }
     }
 }
@@ -139,6 +144,9 @@ pub struct DeleteOptions {
     pub force: bool,
     /// Deletion → endpoint marked terminating (the EndpointSlice controller's lag).
     pub endpoint_lag: Duration,
+    /// Last container stopped → StopPodSandbox (kubelet's pod sync takes a while; the
+    /// pod's network namespace, and its address, live until then).
+    pub sandbox_delay: Duration,
 }
 
 /// What the emulator did and when (its own clock), for tests to compare with the agent.
@@ -180,6 +188,8 @@ pub struct Node {
     pub name: String,
     runtime: Containerd,
     next_ip: AtomicU32,
+    /// Third octet of the next own-network pod's /24 (`10.245.<n>.0/24`).
+    next_net: AtomicU32,
 }
 
 impl Node {
@@ -191,6 +201,7 @@ impl Node {
             name: name.into(),
             runtime: Containerd::start()?,
             next_ip: AtomicU32::new(10),
+            next_net: AtomicU32::new(10),
         })
     }
 
@@ -209,7 +220,17 @@ impl Node {
             .as_str()
             .context("pod without uid")?
             .to_string();
-        let ip = format!("10.244.0.{}", self.next_ip.fetch_add(1, Ordering::Relaxed));
+        let ip = if def.own_network {
+            let n = self.next_net.fetch_add(1, Ordering::Relaxed);
+            if n > 250 {
+                bail!("out of pod networks");
+            }
+            let ip = format!("10.245.{n}.2");
+            self.runtime.assign_pod_ip(&def.namespace, &def.name, &ip)?;
+            ip
+        } else {
+            format!("10.244.0.{}", self.next_ip.fetch_add(1, Ordering::Relaxed))
+        };
         let cri = self.runtime.cri()?;
         let log_dir = self.runtime.pod_log_dir(&def.namespace, &def.name, &uid)?;
         let sandbox_config = objects::sandbox_config(&def, &uid, &log_dir);
@@ -324,6 +345,7 @@ impl Node {
                     Err(_) => bail!("a container kill thread panicked"),
                 }
             }
+            sleep(opts.sandbox_delay);
             self.remove_sandbox(pod)?;
             if !opts.force {
                 // kubelet's final delete, once every container has stopped.

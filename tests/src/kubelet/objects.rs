@@ -88,12 +88,17 @@ pub(super) fn cgroup_parent(uid: &str) -> String {
     format!("/kubepods/besteffort/pod{uid}")
 }
 
-/// Network: the node's, a harness shortcut (no CNI; the API still shows a pod IP of its
-/// own, as a CNI would have given it). PID: one namespace per container, so each app is its
+/// Network: the node's, a harness shortcut (the API still shows a pod IP of its own, as a
+/// CNI would have given it), unless the pod asks for its own (the harness's CNI plugin
+/// then gives it the pod IP). PID: one namespace per container, so each app is its
 /// container's PID 1. IPC: shared by the pod.
-fn namespaces() -> NamespaceOption {
+fn namespaces(def: &PodDef) -> NamespaceOption {
     NamespaceOption {
-        network: NamespaceMode::Node.into(),
+        network: if def.own_network {
+            NamespaceMode::Pod.into()
+        } else {
+            NamespaceMode::Node.into()
+        },
         pid: NamespaceMode::Container.into(),
         ipc: NamespaceMode::Pod.into(),
         ..Default::default()
@@ -125,7 +130,7 @@ pub(super) fn sandbox_config(def: &PodDef, uid: &str, log_dir: &Path) -> PodSand
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: cgroup_parent(uid),
             security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(namespaces()),
+                namespace_options: Some(namespaces(def)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -152,7 +157,7 @@ pub(super) fn container_config(def: &PodDef, uid: &str, c: &ContainerDef) -> Con
         labels,
         linux: Some(LinuxContainerConfig {
             security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(namespaces()),
+                namespace_options: Some(namespaces(def)),
                 ..Default::default()
             }),
             ..Default::default()

@@ -9,6 +9,9 @@
 //! 3. Signal storm: the highest SIGUSR1 rate to the container's PID 1 with zero loss at the
 //!    default ring size.
 //! 4. Idle: the agent's CPU while nothing happens on a host with 1,000 cgroups.
+//! 5. Traffic: requests/s to a healthy pod with and without the traffic programs, and
+//!    their run time per run while a terminating pod is under load (`--only traffic`
+//!    runs this phase alone).
 //!
 //! This file owns the order of the phases and the guards that undo them (container,
 //! agent, sysctl), and the command line. Each phase lives in its own module; `storm` is
@@ -22,6 +25,7 @@ mod report;
 mod signal_storm;
 mod storm;
 mod sys;
+mod traffic;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -40,6 +44,8 @@ struct Options {
     rounds: u32,
     exits: u64,
     storm_cpu: Option<usize>,
+    /// Only the traffic phase.
+    traffic_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +72,7 @@ fn parse(args: &[String]) -> Result<Option<Options>> {
         rounds: DEFAULT_ROUNDS,
         exits: DEFAULT_EXITS,
         storm_cpu: default_storm_cpu(),
+        traffic_only: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -79,10 +86,14 @@ fn parse(args: &[String]) -> Result<Option<Options>> {
                     n => Some(n.parse().context("--storm-cpu")?),
                 }
             }
+            "--only" => match value("--only")?.as_str() {
+                "traffic" => options.traffic_only = true,
+                other => bail!("--only {other:?}: only `traffic` can run alone"),
+            },
             "-h" | "--help" => {
                 println!(
                     "usage: gracewatch-bench [--rounds N (default {DEFAULT_ROUNDS})] [--exits N (default {DEFAULT_EXITS})]\n\
-                     \x20                       [--storm-cpu N|none (default: the last CPU)]\n\
+                     \x20                       [--storm-cpu N|none (default: the last CPU)] [--only traffic]\n\
                      Run as root. The agent binary is $GRACEWATCH_BIN, else target/release/gracewatch."
                 );
                 return Ok(None);
@@ -111,6 +122,11 @@ fn bench(options: &Options) -> Result<()> {
         bail!("the bench loads BPF programs and runs containers: run it as root (sudo cargo xtask bench)");
     }
     sys::install_stop_handler()?;
+    if options.traffic_only {
+        return traffic_phase(options.rounds).map(|t| {
+            println!("BENCH_JSON {}", json!({ "traffic": traffic::json(&t) }));
+        });
+    }
     let machine = sys::Machine::probe();
     let bin = agent_proc::binary();
     if !bin.is_file() {
@@ -203,6 +219,10 @@ fn bench(options: &Options) -> Result<()> {
         .as_ref()
         .is_some_and(Result::is_ok)
         .then(|| idle_phase(&bin));
+    let traffic = idle
+        .as_ref()
+        .is_some_and(Result::is_ok)
+        .then(|| traffic_phase(options.rounds));
 
     drop(stats);
     let restored = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
@@ -241,13 +261,31 @@ fn bench(options: &Options) -> Result<()> {
     if let Ok(Some(idle)) = &idle {
         report::idle_json(&mut doc, idle);
     }
+    let traffic = traffic.transpose();
+    if let Ok(Some(t)) = &traffic {
+        doc["traffic"] = traffic::json(t);
+    }
     println!();
     report::print_targets(&doc);
     println!("BENCH_JSON {doc}");
     paused?;
     signal?;
     idle?;
+    traffic?;
     Ok(())
+}
+
+fn traffic_phase(rounds: u32) -> Result<traffic::Traffic> {
+    println!();
+    println!(
+        "5. Traffic: wrk (1 thread, 8 connections, 5 s) against a healthy pod's busybox httpd,"
+    );
+    println!(
+        "   A = no traffic programs, B = programs loaded and another pod watched as terminating"
+    );
+    let t = traffic::run(rounds)?;
+    traffic::print(&t);
+    Ok(t)
 }
 
 fn idle_phase(bin: &std::path::Path) -> Result<idle::Idle> {
