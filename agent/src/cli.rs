@@ -145,7 +145,7 @@ fn stuck_margin_seconds(s: &str) -> Result<u64, String> {
     }
 }
 
-fn timeout_seconds(s: &str) -> Result<u64, String> {
+pub(crate) fn timeout_seconds(s: &str) -> Result<u64, String> {
     let n: u64 = integer(s)?;
     if (1..=TIMEOUT_MAX_SECONDS).contains(&n) {
         Ok(n)

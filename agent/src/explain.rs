@@ -125,25 +125,41 @@ pub async fn explain(args: ExplainArgs) -> Result<(), ExplainError> {
 async fn answer(args: &ExplainArgs, bounds: Bounds) -> Result<String, ExplainError> {
     let path = endpoint(&args.target)?;
     let (status, body) = fetch(&args.agent, &path, bounds).await?;
-    text_of(&body, status, args.json, &args.target)
+    let form = if args.json {
+        Form::Json
+    } else {
+        Form::Text(Palette::PLAIN)
+    };
+    format_answer(&args.target, status, &body, form)
 }
 
-/// What `explain` prints for the agent's answer `body` (with `status`) about `target`:
-/// the JSON re-indented with control characters escaped, or each termination rendered.
-/// Any bytes at all give text or a clear error.
-pub fn text_of(
-    body: &[u8],
-    status: StatusCode,
-    json: bool,
+/// How an answer is printed.
+#[derive(Clone, Copy, Debug)]
+pub enum Form {
+    /// The agent's JSON, pretty-printed and made safe for a terminal.
+    Json,
+    /// [`render`]ed text, coloured by the palette.
+    Text(Palette),
+}
+
+/// The agent's answer for `target` (HTTP `status`, `body`), as `form` prints it. Shared by
+/// `gracewatch explain` and `kubectl gracewatch explain`, which fetch it differently.
+pub fn format_answer(
     target: &str,
+    status: StatusCode,
+    body: &[u8],
+    form: Form,
 ) -> Result<String, ExplainError> {
-    if json {
-        let value: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|source| ExplainError::NotTerminations { status, source })?;
-        let text = serde_json::to_string_pretty(&value)
-            .map_err(|source| ExplainError::NotTerminations { status, source })?;
-        return Ok(format!("{}\n", json_printable(&text)));
-    }
+    let palette = match form {
+        Form::Json => {
+            let value: serde_json::Value = serde_json::from_slice(body)
+                .map_err(|source| ExplainError::NotTerminations { status, source })?;
+            let text = serde_json::to_string_pretty(&value)
+                .map_err(|source| ExplainError::NotTerminations { status, source })?;
+            return Ok(format!("{}\n", json_printable(&text)));
+        }
+        Form::Text(palette) => palette,
+    };
     let parsed: Body = serde_json::from_slice(body)
         .map_err(|source| ExplainError::NotTerminations { status, source })?;
     if parsed.terminations.is_empty() {
@@ -152,7 +168,57 @@ pub fn text_of(
             status,
         });
     }
-    Ok(parsed.terminations.iter().map(render).collect())
+    Ok(parsed
+        .terminations
+        .iter()
+        .map(|t| render_with(t, palette))
+        .collect())
+}
+
+/// ANSI styles for the parts of [`render`]'s text a reader scans for; all empty when
+/// plain. Only constant escape sequences are added, never anything from the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Palette {
+    pub heading: &'static str,
+    /// Outcomes that cut work off (forced kills, kills without SIGTERM, OOM).
+    pub bad: &'static str,
+    pub good: &'static str,
+    pub code: &'static str,
+    pub reset: &'static str,
+}
+
+impl Palette {
+    pub const PLAIN: Palette = Palette {
+        heading: "",
+        bad: "",
+        good: "",
+        code: "",
+        reset: "",
+    };
+    pub const ANSI: Palette = Palette {
+        heading: "\x1b[1m",
+        bad: "\x1b[31m",
+        good: "\x1b[32m",
+        code: "\x1b[33m",
+        reset: "\x1b[0m",
+    };
+
+    fn paint(&self, style: &str, text: &str) -> String {
+        if style.is_empty() {
+            text.to_string()
+        } else {
+            format!("{style}{text}{}", self.reset)
+        }
+    }
+
+    fn outcome(&self, outcome: &str) -> String {
+        let style = match outcome {
+            "graceful" | "self_exit" => self.good,
+            "forced_kill" | "killed_without_sigterm" | "oom_killed" | "crashed" => self.bad,
+            _ => "",
+        };
+        self.paint(style, outcome)
+    }
 }
 
 /// GET `path` from the agent at base URL `agent`: the status and at most
@@ -246,6 +312,11 @@ pub async fn fetch(
 
 /// The text form of one termination, every string from the agent made [`printable`].
 pub fn render(t: &Termination) -> String {
+    render_with(t, Palette::PLAIN)
+}
+
+/// [`render`], with the palette's styles on headings, outcomes and diagnosis codes.
+pub fn render_with(t: &Termination, palette: Palette) -> String {
     fn p(s: &Option<String>) -> Option<Cow<'_, str>> {
         s.as_deref().map(printable)
     }
@@ -263,18 +334,17 @@ pub fn render(t: &Termination) -> String {
         .grace_period_seconds
         .map(|g| format!(", grace period {g}s"))
         .unwrap_or_default();
-    match p(&t.restarted_container) {
+    let heading = match p(&t.restarted_container) {
         Some(c) => {
             let count = t
                 .restart_count
                 .map(|n| format!(", restartCount {n}"))
                 .unwrap_or_default();
-            let _ = writeln!(out, "Container {c} of {who} ended ({state}{count})");
+            format!("Container {c} of {who} ended ({state}{count})")
         }
-        None => {
-            let _ = writeln!(out, "Termination of {who} ({state}{grace})");
-        }
-    }
+        None => format!("Termination of {who} ({state}{grace})"),
+    };
+    let _ = writeln!(out, "{}", palette.paint(palette.heading, &heading));
     if let Some(cause) = p(&t.cause) {
         let _ = writeln!(out, "  cause    {cause}");
     }
@@ -300,10 +370,12 @@ pub fn render(t: &Termination) -> String {
             printable(short_id(&c.container_id)),
             p(&c.name).map(|n| format!("{n} ")).unwrap_or_default(),
             p(&c.pid1_comm).unwrap_or(Cow::Borrowed("?")),
-            p(&c.outcome).unwrap_or(Cow::Borrowed("still terminating")),
+            p(&c.outcome)
+                .map(|o| palette.outcome(&o))
+                .unwrap_or_else(|| "still terminating".to_string()),
         );
     }
-    let _ = writeln!(out, "Timeline");
+    let _ = writeln!(out, "{}", palette.paint(palette.heading, "Timeline"));
     for e in &t.timeline {
         let _ = writeln!(
             out,
@@ -313,12 +385,17 @@ pub fn render(t: &Termination) -> String {
             printable(&e.detail)
         );
     }
+    let _ = writeln!(out, "{}", palette.paint(palette.heading, "Diagnosis"));
     if t.diagnoses.is_empty() {
-        let _ = writeln!(out, "Diagnosis\n  nothing went wrong");
+        let _ = writeln!(out, "  nothing went wrong");
     } else {
-        let _ = writeln!(out, "Diagnosis");
         for d in &t.diagnoses {
-            let _ = writeln!(out, "  {}: {}", printable(&d.code), printable(&d.message));
+            let _ = writeln!(
+                out,
+                "  {}: {}",
+                palette.paint(palette.code, &printable(&d.code)),
+                printable(&d.message)
+            );
         }
     }
     out.push('\n');

@@ -6,7 +6,8 @@
 //! addresses watched in the kernel, counts → timeline, diagnoses) → `join` (kernel facts ⋈
 //! pod facts) → `termination` (state per container, records per pod, classification) →
 //! `export` (HTTP: metrics, debug views). `pipeline` strings the hot path together and
-//! `run` wires the stages into the agent's event loop; `explain` is the CLI client.
+//! `run` wires the stages into the agent's event loop; `explain` is the CLI client and
+//! `kubectl` the kubectl plugin (which reads agents through the API server's pod proxy).
 //!
 //! Leaves any stage may use: `clock` (boot clock ↔ wall clock), `metrics` (every metric,
 //! per subsystem) and `report` (what a termination looks like to a user).
@@ -31,5 +32,6 @@ pub mod termination;
 pub mod export;
 
 pub mod explain;
+pub mod kubectl;
 pub mod pipeline;
 pub mod run;

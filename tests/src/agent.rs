@@ -22,6 +22,15 @@ pub fn binary_of(profile: &str) -> PathBuf {
     if let Ok(p) = std::env::var("GRACEWATCH_BIN") {
         return PathBuf::from(p);
     }
+    target_binary(profile, "gracewatch")
+}
+
+/// The kubectl plugin binary of this workspace's debug build.
+pub fn plugin_binary() -> PathBuf {
+    target_binary("debug", "kubectl-gracewatch")
+}
+
+fn target_binary(profile: &str, name: &str) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(PathBuf::from)
@@ -29,7 +38,7 @@ pub fn binary_of(profile: &str) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    target.join(profile).join("gracewatch")
+    target.join(profile).join(name)
 }
 
 /// A running agent; killed (SIGTERM, then SIGKILL) when dropped.
@@ -64,25 +73,33 @@ impl Agent {
     /// Starts `gracewatch run <args> --listen <free port>` and waits until it is ready.
     pub fn start(args: &[&str]) -> anyhow::Result<Agent> {
         let addr = free_port()?;
+        let bin = binary();
+        let mut cmd = Command::new(&bin);
+        cmd.args(["run", "--listen", &addr.to_string()])
+            .args(args)
+            .env("RUST_LOG", "info");
+        Self::spawn(cmd, addr).with_context(|| {
+            format!(
+                "starting {} (run `cargo build -p agent` first)",
+                bin.display()
+            )
+        })
+    }
+
+    /// Starts an agent some other way (`cmd`, e.g. an engine running its image in the
+    /// foreground) that will listen on `addr`, and waits until it is ready. Its output
+    /// goes to the agent log; dropping the agent sends `cmd` SIGTERM.
+    pub fn spawn(mut cmd: Command, addr: SocketAddr) -> anyhow::Result<Agent> {
         let log = std::env::temp_dir().join(format!("gracewatch-agent-{}.log", addr.port()));
         let log_file = std::fs::File::create(&log)?;
-        let bin = binary();
-        let child = Command::new(&bin)
-            .args(["run", "--listen", &addr.to_string()])
-            .args(args)
-            .env("RUST_LOG", "info")
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .spawn()
-            .with_context(|| {
-                format!(
-                    "cannot start {} (run `cargo build -p agent` first)",
-                    bin.display()
-                )
-            })?;
+            .with_context(|| format!("cannot start {cmd:?}"))?;
         let mut agent = Agent { child, addr, log };
-        agent.wait_ready(Duration::from_secs(20))?;
+        agent.wait_ready(Duration::from_secs(30))?;
         Ok(agent)
     }
 
@@ -270,7 +287,8 @@ impl Metrics {
     }
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
+/// A loopback address with a port nothing listens on now.
+pub fn free_port() -> anyhow::Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?)
 }

@@ -386,6 +386,14 @@ impl Engine {
         Ok(id)
     }
 
+    /// `run --network <network> [podman's ulimits]`, for a caller that adds its own flags,
+    /// the image and its arguments (and runs it in the foreground or with `-d`).
+    pub fn run_command(&self, network: &str) -> Command {
+        let mut cmd = self.cli();
+        cmd.args(["run", "--network", network]).args(&self.ulimits);
+        cmd
+    }
+
     /// `inspect --format <format> <id>`.
     pub fn inspect(&self, id: &str, format: &str) -> Result<String> {
         self.run_cli(&["inspect", "--format", format, id])

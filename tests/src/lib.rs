@@ -6,8 +6,13 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod browser;
+pub mod cluster;
 pub mod cri;
+pub mod deploy;
 pub mod engines;
+pub mod image;
 pub mod kubelet;
 pub mod netns;
+pub mod prometheus;
 pub mod runc;

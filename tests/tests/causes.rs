@@ -5,82 +5,37 @@
 //! the record's cause and diagnosis at `/debug/terminations/<ns>/<pod>`, the metric, and
 //! the Event object the API server received from the agent.
 
-use std::{
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use gracewatch_tests::{
     agent::{codes, whats, Agent, Metrics},
     apiserver::{ApiServer, Resource, Verb},
-    kubelet::{ContainerDef, DeleteOptions, Node, PodDef, Probe},
+    cluster::Cluster,
+    kubelet::{ContainerDef, DeleteOptions, PodDef, Probe},
 };
 use serde_json::{json, Value};
 
 const NODE: &str = "node-a";
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Cluster {
-    api: Arc<ApiServer>,
-    node: Node,
-    kubeconfig: PathBuf,
-}
-
-impl Cluster {
-    fn new() -> Cluster {
+/// The Event the agent wrote with `reason` about pod `uid`, waiting for it.
+fn agent_event(k: &Cluster, uid: &str, reason: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = k.api.events().into_iter().find(|e| {
+            e["reportingController"] == "gracewatch.io/agent"
+                && e["regarding"]["uid"] == uid
+                && e["reason"] == reason
+        });
+        if let Some(e) = found {
+            return e;
+        }
         assert!(
-            nix::unistd::geteuid().is_root(),
-            "run as root (cargo xtask test)"
+            Instant::now() < deadline,
+            "no {reason} Event from the agent; the API server has {:#}",
+            Value::Array(k.api.events())
         );
-        let api = Arc::new(ApiServer::start().expect("api server"));
-        let kubeconfig = std::env::temp_dir().join(format!(
-            "gracewatch-kubeconfig-causes-{}",
-            api.addr().port()
-        ));
-        api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-        let node = Node::new(api.clone(), NODE).expect("node with containerd");
-        Cluster {
-            api,
-            node,
-            kubeconfig,
-        }
-    }
-
-    fn agent(&self) -> Agent {
-        Agent::start_kubernetes(
-            &self.kubeconfig,
-            NODE,
-            &["--stuck-margin-seconds", "2", "--emit-events"],
-        )
-        .expect("agent")
-    }
-
-    /// The Event the agent wrote with `reason` about pod `uid`, waiting for it.
-    fn agent_event(&self, uid: &str, reason: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let found = self.api.events().into_iter().find(|e| {
-                e["reportingController"] == "gracewatch.io/agent"
-                    && e["regarding"]["uid"] == uid
-                    && e["reason"] == reason
-            });
-            if let Some(e) = found {
-                return e;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {reason} Event from the agent; the API server has {:#}",
-                Value::Array(self.api.events())
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.kubeconfig);
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -149,7 +104,7 @@ const IGNORING: &str = "trap '' TERM; while true; do sleep 0.1; done";
 
 #[test]
 fn liveness_probe_failure_restarts_the_container() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let agent = k.agent();
     let mut p = k.node.run_pod(pod("live-1", TRAPPING)).expect("pod");
     std::thread::sleep(Duration::from_millis(300));
@@ -201,7 +156,7 @@ fn liveness_probe_failure_restarts_the_container() {
         counter(&m, "gracewatch_container_restarts_total{namespace=\"shop\",workload=\"deployment/web\",container=\"app\",cause=\"liveness_probe\"}"),
         Some(1.0)
     );
-    let e = k.agent_event(&p.uid, "LivenessKilled");
+    let e = agent_event(&k, &p.uid, "LivenessKilled");
     assert_event(&e, "live-1", Some("app"), "kubelet restarted app because");
     let text = agent.explain_target("shop/live-1").expect("explain");
     assert!(
@@ -216,7 +171,7 @@ fn liveness_probe_failure_restarts_the_container() {
 
 #[test]
 fn startup_probe_failure_restarts_the_container() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let agent = k.agent();
     let mut p = k.node.run_pod(pod("start-1", IGNORING)).expect("pod");
     std::thread::sleep(Duration::from_millis(300));
@@ -232,13 +187,13 @@ fn startup_probe_failure_restarts_the_container() {
         counter(&m, "gracewatch_container_restarts_total{namespace=\"shop\",workload=\"deployment/web\",container=\"app\",cause=\"startup_probe\"}"),
         Some(1.0)
     );
-    let e = k.agent_event(&p.uid, "ForcedKill");
+    let e = agent_event(&k, &p.uid, "ForcedKill");
     assert_event(&e, "start-1", Some("app"), "SIGKILLed by");
 }
 
 #[test]
 fn a_crash_loop_is_diagnosed_at_the_third_restart() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let agent = k.agent();
     let mut p = k
         .node
@@ -290,7 +245,7 @@ fn a_crash_loop_is_diagnosed_at_the_third_restart() {
         counter(&m, "gracewatch_container_restarts_total{namespace=\"shop\",workload=\"deployment/web\",container=\"app\",cause=\"crash\"}"),
         Some(3.0)
     );
-    let e = k.agent_event(&p.uid, "CrashLoop");
+    let e = agent_event(&k, &p.uid, "CrashLoop");
     assert_event(&e, "loop-1", Some("app"), "app was restarted 3 times");
     assert!(e["series"].is_null(), "a first Event: {e:#}");
 
@@ -305,7 +260,7 @@ fn a_crash_loop_is_diagnosed_at_the_third_restart() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     let series = loop {
-        let e = k.agent_event(&p.uid, "CrashLoop");
+        let e = agent_event(&k, &p.uid, "CrashLoop");
         if e["series"]["count"] == 2 {
             break e;
         }
@@ -328,7 +283,7 @@ fn a_crash_loop_is_diagnosed_at_the_third_restart() {
 
 #[test]
 fn an_oom_kill_restarts_the_container() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let agent = k.agent();
     let mut def = pod("oom-1", "sleep 0.5; x=a; while true; do x=$x$x; done");
     def.containers[0].memory_limit = Some(32 << 20);
@@ -347,7 +302,7 @@ fn an_oom_kill_restarts_the_container() {
         counter(&m, "gracewatch_container_restarts_total{namespace=\"shop\",workload=\"deployment/web\",container=\"app\",cause=\"oom\"}"),
         Some(1.0)
     );
-    let e = k.agent_event(&p.uid, "OomKilled");
+    let e = agent_event(&k, &p.uid, "OomKilled");
     assert_event(&e, "oom-1", Some("app"), "the kernel's OOM killer");
 }
 
@@ -404,7 +359,7 @@ fn pod_termination(agent: &Agent, name: &str) -> Value {
 
 #[test]
 fn rolling_update_and_scale_down_are_told_apart() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let agent = k.agent();
     // web: the Deployment moved to revision 2; the pod's ReplicaSet is revision 1.
     deployment(&k.api, "web", ("2", "1"), (1, 1), false);
@@ -502,20 +457,20 @@ fn rolling_update_and_scale_down_are_told_apart() {
         Some(1.0)
     );
     assert_eq!(k.api.count(Resource::StatefulSets, Verb::Get), 1);
-    let e = k.agent_event(&old.uid, "SigtermIgnored");
+    let e = agent_event(&k, &old.uid, "SigtermIgnored");
     assert_event(
         &e,
         "web-old",
         Some("app"),
         "PID 1 (sh) has no SIGTERM handler",
     );
-    let forced = k.agent_event(&old.uid, "ForcedKill");
+    let forced = agent_event(&k, &old.uid, "ForcedKill");
     assert_event(&forced, "web-old", Some("app"), "SIGKILLed by");
 }
 
 #[test]
 fn an_eviction_is_named_from_the_disruption_condition() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let agent = k.agent();
     let p = k.node.run_pod(pod("evicted-1", IGNORING)).expect("pod");
     std::thread::sleep(Duration::from_millis(300));
@@ -553,6 +508,6 @@ fn an_eviction_is_named_from_the_disruption_condition() {
         ),
         None
     );
-    let e = k.agent_event(&p.uid, "ForcedKill");
+    let e = agent_event(&k, &p.uid, "ForcedKill");
     assert_event(&e, "evicted-1", Some("app"), "SIGKILLed by");
 }

@@ -3,16 +3,13 @@
 //! private containerd through its CRI API and deletes them the way kubelet does. Each test asserts what a
 //! user reads: `/debug/terminations/<ns>/<pod>`, `gracewatch explain`, `/metrics`.
 
-use std::{
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use gracewatch_tests::{
-    agent::{codes, whats, Agent, Metrics},
-    apiserver::{ApiServer, Resource, Verb},
-    kubelet::{ContainerDef, DeleteOptions, DeleteReport, Hook, Node, PodDef},
+    agent::{codes, whats, Metrics},
+    apiserver::{Resource, Verb},
+    cluster::Cluster,
+    kubelet::{ContainerDef, DeleteOptions, DeleteReport, Hook, PodDef},
 };
 use serde_json::Value;
 
@@ -21,47 +18,6 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The agent's times must match the emulator's own clock (or the window it bounds a
 /// runtime signal to) this closely.
 const TOLERANCE: f64 = 0.05;
-
-struct Cluster {
-    api: Arc<ApiServer>,
-    node: Node,
-    kubeconfig: PathBuf,
-}
-
-impl Cluster {
-    fn new() -> Cluster {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "run as root (cargo xtask test)"
-        );
-        let api = Arc::new(ApiServer::start().expect("api server"));
-        let kubeconfig =
-            std::env::temp_dir().join(format!("gracewatch-kubeconfig-{}", api.addr().port()));
-        api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-        // Sweeps what crashed runs left, then starts the node's containerd.
-        let node = Node::new(api.clone(), NODE).expect("node with containerd");
-        Cluster {
-            api,
-            node,
-            kubeconfig,
-        }
-    }
-
-    fn agent(&self) -> Agent {
-        Agent::start_kubernetes(
-            &self.kubeconfig,
-            NODE,
-            &["--stuck-margin-seconds", "2", "--emit-events"],
-        )
-        .expect("agent")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.kubeconfig);
-    }
-}
 
 fn web(name: &str, script: &str) -> PodDef {
     let mut def = PodDef::new("shop", name, vec![ContainerDef::shell("app", script)]);
@@ -175,7 +131,7 @@ fn deletion_to_sigterm(r: &DeleteReport, c: &str) -> (f64, f64) {
 
 #[test]
 fn graceful_pod_with_prestop_covering_the_endpoint_lag() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let agent = k.agent();
     let mut def = web(
         "web-1",
@@ -306,7 +262,7 @@ fn graceful_pod_with_prestop_covering_the_endpoint_lag() {
 
 #[test]
 fn shell_entrypoint_that_keeps_sigterm_from_the_app() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let agent = k.agent();
     let mut def = web("shell-1", "sleep 1000; echo never");
     def.service = None;
@@ -345,7 +301,7 @@ fn shell_entrypoint_that_keeps_sigterm_from_the_app() {
 
 #[test]
 fn app_that_ignores_sigterm_is_killed_at_the_end_of_grace() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let agent = k.agent();
     let mut def = web("ignorer-1", "trap '' TERM; while true; do sleep 0.1; done");
     def.service = None;
@@ -386,7 +342,7 @@ fn app_that_ignores_sigterm_is_killed_at_the_end_of_grace() {
 
 #[test]
 fn prestop_sleep_longer_than_the_grace_period() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let agent = k.agent();
     let mut def = web("prestop-1", "sleep 1000");
     def.service = None;
@@ -438,7 +394,7 @@ fn exec_prestop_cut_at_the_grace_is_found_and_its_leftovers_blame_nobody() {
     // kubelet runs the hook through the runtime's exec with the grace as timeout, kills
     // it at 2 s, then gives the app its 2 s minimum; the app traps SIGTERM and exits 0.
     // The hook's own `sleep` is still there when PID 1 exits: not PID 1's child.
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let agent = k.agent();
     let mut def = web(
         "exechook-1",
@@ -487,7 +443,7 @@ fn exec_prestop_cut_at_the_grace_is_found_and_its_leftovers_blame_nobody() {
 
 #[test]
 fn endpoint_removed_three_seconds_after_sigterm() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let agent = k.agent();
     let mut def = web(
         "racy-1",
@@ -541,7 +497,7 @@ fn endpoint_removed_three_seconds_after_sigterm() {
 
 #[test]
 fn force_delete_with_zero_grace() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let agent = k.agent();
     let mut def = web("forced-1", "sleep 1000");
     def.service = None;
@@ -592,7 +548,7 @@ fn force_delete_with_zero_grace() {
 
 #[test]
 fn two_containers_stopping_at_different_speeds() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let agent = k.agent();
     let mut def = PodDef::new(
         "shop",
@@ -639,7 +595,7 @@ fn two_containers_stopping_at_different_speeds() {
 
 #[test]
 fn agent_started_while_the_pod_is_terminating() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let mut def = web("late-1", "sleep 1000");
     def.service = None;
     def.grace_seconds = 4;
@@ -685,7 +641,7 @@ fn agent_started_while_the_pod_is_terminating() {
 
 #[test]
 fn agent_killed_mid_termination_and_restarted_invents_nothing() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let first = k.agent();
     let mut def = web("crashy-1", "trap '' TERM; while true; do sleep 0.1; done");
     def.service = None;
@@ -775,7 +731,7 @@ fn agent_killed_mid_termination_and_restarted_invents_nothing() {
 
 #[test]
 fn api_server_restart_mid_watch_loses_and_duplicates_nothing() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let agent = k.agent();
     // The app drains for 12 s: the outage ends, and the watches relist (kube's backoff:
     // 0.8 s, 1.6 s, then 3.2 s after the 410, each up to twice that with jitter), before
@@ -842,7 +798,7 @@ fn api_server_restart_mid_watch_loses_and_duplicates_nothing() {
 
 #[test]
 fn stuck_terminating_pod_is_reported_with_what_holds_it() {
-    let k = Cluster::new();
+    let k = Cluster::new(NODE);
     let agent = k.agent();
     let mut def = web("stuck-1", "sleep 1000");
     def.service = None;

@@ -1,10 +1,12 @@
-//! Project tasks: `cargo xtask setup | build | test | demo | bench | fuzz`. One module per task;
+//! Project tasks: `cargo xtask setup | build | image | test | demo | bench | manifests | fuzz`. One module per task;
 //! each is a thin sequence of commands a person could run by hand.
 
 mod bench;
 mod build;
 mod demo;
 mod fuzz;
+mod image;
+mod manifests;
 mod setup;
 mod test;
 mod util;
@@ -30,6 +32,12 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// Build the agent and its container image (deploy/image/Containerfile) with Podman;
+    /// writes target/image/gracewatch-<profile>.tar.
+    Image {
+        #[arg(long)]
+        release: bool,
+    },
     /// Set up, build, lint, then run every test tier (unit, root with real containers).
     Test {
         /// Only what needs no root: format, lints and unit tests.
@@ -38,6 +46,12 @@ enum Task {
     },
     /// Set up, build, run the agent on this host and show it explain real terminations.
     Demo,
+    /// Write the deploy files generated from others (the kustomize PrometheusRule from
+    /// deploy/prometheus/rules.yaml); `--check` only reports whether they are current.
+    Manifests {
+        #[arg(long)]
+        check: bool,
+    },
     /// Measure overhead, loss and throughput; prints a report (see README).
     Bench {
         /// Storm repetitions per side (A/B interleaved).
@@ -56,6 +70,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup { verbose } => setup::run(verbose),
         Task::Build { release } => build::run(release),
+        Task::Image { release } => image::run(release),
         Task::Test { unit } => test::run(unit),
         Task::Demo => demo::run(),
         Task::Bench { rounds } => bench::run(rounds),
@@ -63,5 +78,6 @@ fn main() -> anyhow::Result<()> {
             setup::run(false)?;
             fuzz::run(seconds)
         }
+        Task::Manifests { check } => manifests::run(check),
     }
 }

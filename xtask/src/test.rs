@@ -1,9 +1,10 @@
 //! `cargo xtask test`: every tier, in order, stopping at the first failure: format and
-//! lints; unit tests (no root); root tests (real BPF programs, real runc containers, the
-//! agent binary as users run it); the Prometheus rules' own tests; a bounded fuzz run.
-//! `--unit` runs only what needs no root: format, lints and the unit tests.
+//! lints; unit tests and the deploy tests (no root); root tests (real BPF programs, real
+//! runc containers, the agent binary as users run it); the Prometheus rules' own tests; a
+//! bounded fuzz run. `--unit` runs only what needs no root: format, lints, the unit tests
+//! and the deploy tests.
 
-use crate::{setup, util};
+use crate::{image, setup, util};
 
 /// Seconds each fuzz target runs in the test tier; `cargo xtask fuzz` runs longer.
 const FUZZ_SECONDS: u32 = 15;
@@ -24,10 +25,15 @@ pub fn run(unit_only: bool) -> anyhow::Result<()> {
         "warnings",
     ])?;
     util::cargo(&["test", "-p", "agent", "-p", "xtask"])?;
+    // The install paths (helm, kustomize) need no root: real renderers, no cluster.
+    util::cargo(&["test", "-p", "gracewatch-tests", "--test", "deploy"])?;
     if unit_only {
-        eprintln!("unit tier passed (format, lints, unit tests)");
+        eprintln!("unit tier passed (format, lints, unit tests, deploy tests)");
         return Ok(());
     }
+    // The image the root tier runs (tests/tests/image.rs), from the debug build above: a
+    // few seconds, where compiling inside an image build would take minutes.
+    image::build_from("debug")?;
     // Root tier: one test at a time, since tests read node-wide metrics and signal storms
     // must not overlap.
     util::cargo(&["test", "-p", "gracewatch-tests", "--", "--test-threads=1"])?;

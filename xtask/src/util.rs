@@ -33,6 +33,17 @@ pub fn run_in(dir: &std::path::Path, program: &str, args: &[&str]) -> anyhow::Re
     Ok(())
 }
 
+/// Runs a prepared command, inheriting stdio; fails with the command line if it fails.
+pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
+    let line = format!("{cmd:?}");
+    eprintln!("+ {line}");
+    let status = cmd.status().with_context(|| format!("cannot run {line}"))?;
+    if !status.success() {
+        bail!("{line} failed with {status}");
+    }
+    Ok(())
+}
+
 /// What cargo prints when two targets write the same file: which one survives depends on
 /// build order, so a test may run the wrong binary. Only a warning to cargo; an error here.
 const COLLISION: &str = "output filename collision";

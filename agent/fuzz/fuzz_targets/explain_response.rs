@@ -3,12 +3,13 @@
 //! character to the reader's terminal.
 #![no_main]
 
+use gracewatch::explain::{format_answer, Form, Palette};
 use hyper::StatusCode;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    for json in [false, true] {
-        if let Ok(text) = gracewatch::explain::text_of(data, StatusCode::OK, json, "ns/pod") {
+    for form in [Form::Json, Form::Text(Palette::PLAIN)] {
+        if let Ok(text) = format_answer("ns/pod", StatusCode::OK, data, form) {
             assert!(
                 !text.chars().any(|c| c.is_control() && c != '\n'),
                 "raw control character in {text:?}"

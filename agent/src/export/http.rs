@@ -1,5 +1,5 @@
-//! The agent's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, `/debug/terminations`
-//! and `/debug/terminations/container/<id-prefix>`. Handlers read the latest published
+//! The agent's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, `/debug/terminations`,
+//! `/debug/terminations/container/<id-prefix>` and the pictures at `/ui/...`. Handlers read the latest published
 //! snapshot (an `Arc` swap through a watch channel) and never block the event loop. GET
 //! and HEAD only; what a connection may cost (timeouts, sizes, how many at once) is
 //! bounded in [`super::server`].
@@ -58,7 +58,12 @@ impl Router {
 
     /// The answer to one request, counted by route and status class.
     pub fn respond<B>(&self, req: &Request<B>) -> Reply {
-        let (route, resp) = self.answer(req.method(), req.uri());
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let openmetrics = super::textformat::wants_openmetrics(accept);
+        let (route, resp) = self.answer(req.method(), req.uri(), openmetrics);
         self.state
             .metrics
             .http
@@ -68,7 +73,7 @@ impl Router {
 
     /// The route name (a fixed set, for metrics) and the response. HEAD is answered as
     /// GET, with the same headers (Content-Length included) and no body.
-    fn answer(&self, method: &Method, uri: &Uri) -> (&'static str, Reply) {
+    fn answer(&self, method: &Method, uri: &Uri, openmetrics: bool) -> (&'static str, Reply) {
         let head = method == Method::HEAD;
         if method != Method::GET && !head {
             let mut resp = reply(
@@ -85,20 +90,27 @@ impl Router {
             let msg = format!("request target longer than {MAX_URL_BYTES} bytes\n");
             return ("other", reply(StatusCode::URI_TOO_LONG, "text/plain", msg));
         }
-        let (route, resp) = self.route_path(uri.path());
+        let (route, resp) = self.route_path(uri.path(), openmetrics);
         (route, if head { without_body(resp) } else { resp })
     }
 
-    fn route_path(&self, path: &str) -> (&'static str, Reply) {
+    /// `openmetrics`: the client's Accept header named OpenMetrics; others get `/metrics`
+    /// in the Prometheus text format.
+    fn route_path(&self, path: &str, openmetrics: bool) -> (&'static str, Reply) {
         let state = &self.state;
         match path {
             "/metrics" => (
                 "metrics",
                 match state.metrics.encode() {
-                    Ok(text) => reply(
+                    Ok(text) if openmetrics => reply(
                         StatusCode::OK,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         text,
+                    ),
+                    Ok(text) => reply(
+                        StatusCode::OK,
+                        super::textformat::TEXT_CONTENT_TYPE,
+                        super::textformat::from_openmetrics(&text),
                     ),
                     Err(e) => reply(
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -120,6 +132,7 @@ impl Router {
                 ),
             ),
             "/debug/terminations" => ("terminations", self.all_terminations()),
+            p if p.starts_with("/ui/") => ("ui", picture(state, &p["/ui/".len()..])),
             p => match p.strip_prefix("/debug/terminations/").map(|r| r.split_once('/')) {
                 Some(Some(("container", prefix))) => {
                     ("terminations_container", container(state, prefix))
@@ -218,6 +231,52 @@ fn found(terminations: Vec<&Termination>) -> Reply {
     json(status, &TerminationsBody { terminations })
 }
 
+/// The picture page of `<namespace>/<pod>` or `container/<id-prefix>` (404 when nothing
+/// is recorded, 400 for a malformed target). No script, no external asset: the CSP says so.
+fn picture(state: &HttpState, target: &str) -> Reply {
+    let snap = state.snapshot.borrow().clone();
+    let (title, found) = match target.split_once('/') {
+        Some(("container", prefix))
+            if (1..=64).contains(&prefix.len())
+                && prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            (
+                format!("container {prefix}"),
+                snap.by_container_prefix(prefix),
+            )
+        }
+        Some((ns, pod))
+            if !ns.is_empty() && !pod.is_empty() && !pod.contains('/') && ns != "container" =>
+        {
+            (format!("pod {ns}/{pod}"), snap.by_pod(ns, pod))
+        }
+        _ => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "use /ui/<namespace>/<pod> or /ui/container/<id-prefix>\n",
+            )
+        }
+    };
+    let status = if found.is_empty() {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = reply(
+        status,
+        "text/html; charset=utf-8",
+        super::ui::page(&title, &found),
+    );
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    );
+    resp
+}
+
 fn container(state: &HttpState, prefix: &str) -> Reply {
     let valid = (1..=64).contains(&prefix.len())
         && prefix
@@ -294,6 +353,26 @@ mod tests {
     }
 
     #[test]
+    fn metrics_format_follows_the_accept_header() {
+        let r = router(true);
+        let req = Request::builder()
+            .uri("/metrics")
+            .header(
+                header::ACCEPT,
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+            )
+            .body(())
+            .expect("request");
+        let (status, ctype, text) = body(r.respond(&req));
+        assert_eq!(status, StatusCode::OK);
+        assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        let (_, ctype, text) = body(call(&r, Method::GET, "/metrics"));
+        assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
     fn routes() {
         let s = router(true);
         // (GET?, path, status, content type starts with, body contains)
@@ -302,7 +381,7 @@ mod tests {
                 true,
                 "/metrics",
                 StatusCode::OK,
-                "application/openmetrics-text",
+                "text/plain; version=0.0.4",
                 "gracewatch_build_info",
             ),
             (true, "/healthz", StatusCode::OK, "text/plain", "ok"),
@@ -327,6 +406,34 @@ mod tests {
                 StatusCode::NOT_FOUND,
                 "application/json",
                 "\"terminations\": []",
+            ),
+            (
+                true,
+                "/ui/shop/web-1",
+                StatusCode::OK,
+                "text/html",
+                "<h1>Termination of pod shop/web-1</h1>",
+            ),
+            (
+                true,
+                "/ui/shop/nope",
+                StatusCode::NOT_FOUND,
+                "text/html",
+                "No termination recorded",
+            ),
+            (
+                true,
+                "/ui/shop/web-1/x",
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "/ui/<namespace>/<pod>",
+            ),
+            (
+                true,
+                "/ui/container/XY",
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "/ui/container/<id-prefix>",
             ),
             (
                 true,

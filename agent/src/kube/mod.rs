@@ -44,7 +44,19 @@ pub enum KubeError {
 /// A client from `--kubeconfig` / KUBECONFIG, else the default kubeconfig, else
 /// in-cluster (the order of `kube::Config::infer`).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, KubeError> {
-    let options = KubeConfigOptions::default();
+    client_in_context(kubeconfig, None).await
+}
+
+/// [`client`], with the kubeconfig's named context instead of its current one (kubectl's
+/// `--context`).
+pub async fn client_in_context(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<kube::Client, KubeError> {
+    let options = KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..KubeConfigOptions::default()
+    };
     let config = match kubeconfig {
         Some(path) => {
             let invalid = |e: KubeconfigError| KubeError::Kubeconfig {

@@ -72,7 +72,7 @@ pub struct KernelMetrics {
     probe_errors: KernelTotal,
     decode_errors: Family<ReasonLabels, Counter>,
     program_runs: Family<ProgramLabels, Gauge>,
-    program_run_ns: Family<ProgramLabels, Gauge>,
+    program_run_seconds: Family<ProgramLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl KernelMetrics {
@@ -89,7 +89,7 @@ impl KernelMetrics {
             probe_errors: KernelTotal::new(),
             decode_errors: Family::default(),
             program_runs: Family::default(),
-            program_run_ns: Family::default(),
+            program_run_seconds: Family::default(),
         };
         registry.register(
             "bpf_events",
@@ -117,9 +117,9 @@ impl KernelMetrics {
             m.program_runs.clone(),
         );
         registry.register(
-            "bpf_program_run_nanoseconds",
-            "Total run time of each kernel program in nanoseconds (only while sysctl kernel.bpf_stats_enabled=1)",
-            m.program_run_ns.clone(),
+            "bpf_program_run_seconds",
+            "Total run time of each kernel program (only while sysctl kernel.bpf_stats_enabled=1)",
+            m.program_run_seconds.clone(),
         );
         m
     }
@@ -151,9 +151,9 @@ impl KernelMetrics {
         self.program_runs
             .get_or_create(&labels)
             .set(i64::try_from(runs).unwrap_or(i64::MAX));
-        self.program_run_ns
+        self.program_run_seconds
             .get_or_create(&labels)
-            .set(i64::try_from(run_ns).unwrap_or(i64::MAX));
+            .set(run_ns as f64 / 1e9);
     }
 }
 

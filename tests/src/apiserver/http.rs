@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 
 use super::error::ApiError;
 use super::handlers;
+use super::proxy;
 use super::request_log::{parse_query, RequestRecord, Verb};
 use super::resource::Resource;
 use super::store::{lock, Store};
@@ -85,6 +86,13 @@ pub(crate) enum Route {
         namespace: String,
         name: String,
     },
+    /// `pods/<name>[:<port>]/proxy/<path>`: `path` keeps its leading `/`.
+    PodProxy {
+        namespace: String,
+        name: String,
+        port: u16,
+        path: String,
+    },
 }
 
 fn parse_route(path: &str) -> Result<Route, ApiError> {
@@ -98,6 +106,25 @@ fn parse_route(path: &str) -> Result<Route, ApiError> {
     let resource = |plural: &str| {
         Resource::from_url(&group_version, plural).ok_or_else(|| ApiError::no_route(path))
     };
+    if let ["namespaces", ns, "pods", pod, "proxy", ..] = rest {
+        if group_version == "v1" {
+            let (name, port) = proxy::name_and_port(pod)?;
+            let marker = format!("/{pod}/proxy");
+            let after = path
+                .find(&marker)
+                .map_or("", |at| &path[at + marker.len()..]);
+            return Ok(Route::PodProxy {
+                namespace: (*ns).to_owned(),
+                name,
+                port,
+                path: if after.is_empty() {
+                    "/".into()
+                } else {
+                    after.to_owned()
+                },
+            });
+        }
+    }
     match rest {
         [plural] => Ok(Route::Collection {
             resource: resource(plural)?,
@@ -185,6 +212,7 @@ async fn handle(store: Arc<Mutex<Store>>, req: Request<Incoming>) -> Response<Bo
             };
             (Some(*resource), verb)
         }
+        Ok(Route::PodProxy { .. }) => (Some(Resource::Pods), Verb::Proxy),
         Ok(Route::Version) | Err(_) => (None, Verb::Other),
     };
     let result = match route {
@@ -221,6 +249,21 @@ async fn run(
     match (route, verb) {
         (Route::Version, _) if req.method() == Method::GET => {
             Ok(json_response(200, &version_info()))
+        }
+        (
+            Route::PodProxy {
+                namespace,
+                name,
+                port,
+                path,
+            },
+            _,
+        ) if req.method() == Method::GET => {
+            let target = match req.uri().query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            proxy::forward(store, &namespace, &name, port, &target).await
         }
         (
             Route::Collection {

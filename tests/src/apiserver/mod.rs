@@ -2,10 +2,11 @@
 //! HTTP/1.1, so that the real kube-rs client code (`kube::Api`, `kube::runtime::watcher`,
 //! `reflector`) runs against it in tests where no cluster can.
 //!
-//! It serves core/v1 pods, discovery.k8s.io/v1 endpointslices, core/v1 events and
-//! events.k8s.io/v1 events (the two Event APIs share one stored collection, converted on
-//! the way in and out, as on the real server), and apps/v1 replicasets, deployments and
-//! statefulsets (read by name, as an agent reads a pod's owners). Objects live in memory with one global
+//! It serves core/v1 pods (and their `proxy` subresource, to pods on loopback),
+//! discovery.k8s.io/v1 endpointslices, core/v1 events and events.k8s.io/v1 events (the two
+//! Event APIs share one stored collection, converted on the way in and out, as on the real
+//! server), and apps/v1 replicasets, deployments and statefulsets (read by name, as an
+//! agent reads a pod's owners). Objects live in memory with one global
 //! resourceVersion counter and a bounded change history per resource, so watches resume,
 //! replay, and expire with 410 like the real thing.
 //!
@@ -25,6 +26,7 @@ mod graceful;
 mod handlers;
 mod http;
 mod meta;
+mod proxy;
 mod request_log;
 mod resource;
 mod selector;

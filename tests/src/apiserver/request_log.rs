@@ -11,6 +11,8 @@ pub enum Verb {
     Get,
     Create,
     Patch,
+    /// GET through the pods/proxy subresource.
+    Proxy,
     /// Anything else: `/version`, unknown paths, refused methods.
     Other,
 }

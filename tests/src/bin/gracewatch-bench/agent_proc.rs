@@ -234,13 +234,13 @@ pub struct Snapshot {
 const EVENTS: &str = "gracewatch_bpf_events_total";
 const LOST: &str = "gracewatch_bpf_events_lost_total";
 const RUNS: &str = "gracewatch_bpf_program_runs";
-const RUN_NS: &str = "gracewatch_bpf_program_run_nanoseconds";
+const RUN_SECONDS: &str = "gracewatch_bpf_program_run_seconds";
 
 impl Snapshot {
     fn parse(cpu_s: f64, on_cpu_s: f64, m: &Metrics) -> Snapshot {
         let mut programs = BTreeMap::<String, RunStats>::new();
         for line in m.0.lines() {
-            for (metric, is_ns) in [(RUNS, false), (RUN_NS, true)] {
+            for (metric, is_seconds) in [(RUNS, false), (RUN_SECONDS, true)] {
                 let Some(rest) = line.strip_prefix(metric) else {
                     continue;
                 };
@@ -256,8 +256,8 @@ impl Snapshot {
                     continue;
                 };
                 let entry = programs.entry(name.to_owned()).or_default();
-                if is_ns {
-                    entry.ns = value;
+                if is_seconds {
+                    entry.ns = value * 1e9;
                 } else {
                     entry.runs = value;
                 }
