@@ -77,6 +77,11 @@ pub struct RunArgs {
     /// `kubectl describe pod` shows it (Kubernetes mode; rate-limited per pod and node).
     #[arg(long)]
     pub emit_events: bool,
+    /// A Docker-API socket (Docker's, or Podman's compatible service) to read container
+    /// names from in standalone mode; repeatable. Default: /var/run/docker.sock and
+    /// /run/podman/podman.sock where present. Without one, containers are named by id.
+    #[arg(long = "engine-socket", value_name = "PATH")]
+    pub engine_sockets: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -2,7 +2,7 @@
 //!
 //! Stages, in data-flow order (a stage imports only from stages before it):
 //! `kernel` (load probes, drain and decode the ring buffer) → `attribution` (cgroup id →
-//! container) → `kube` (watchers and the API's view of this node) → `traffic` (terminating pods'
+//! container) → `engine` (standalone: container names from engine sockets) → `kube` (watchers and the API's view of this node) → `traffic` (terminating pods'
 //! addresses watched in the kernel, counts → timeline, diagnoses) → `join` (kernel facts ⋈
 //! pod facts) → `termination` (state per container, records per pod, classification) →
 //! `export` (HTTP: metrics, debug views). `pipeline` strings the hot path together and
@@ -20,6 +20,8 @@ pub mod report;
 pub mod kernel;
 
 pub mod attribution;
+
+pub mod engine;
 
 pub mod kube;
 

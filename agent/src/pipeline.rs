@@ -13,6 +13,7 @@ use agent_ebpf::{Addr, TrafficCounters, WatchMarks};
 
 use crate::{
     attribution::{Attributor, CgroupChange, ResolverError, Unattributed},
+    engine::Engines,
     kernel::{decode, CgroupEvent, KernelEvent, Probes},
     metrics::{AttributionMetrics, KernelMetrics, Metrics},
     termination::Tracker,
@@ -44,6 +45,8 @@ pub struct Pipeline {
     added_cgroups: Vec<u64>,
     removed_cgroups: Vec<u64>,
     traffic_read_at: Option<Instant>,
+    /// Standalone: engines asked for the names of containers as they appear.
+    engines: Option<Engines>,
 }
 
 impl Pipeline {
@@ -56,7 +59,15 @@ impl Pipeline {
             added_cgroups: Vec::new(),
             removed_cgroups: Vec::new(),
             traffic_read_at: None,
+            engines: None,
         }
+    }
+
+    /// Asks `engines` for the name of every container that appears from now on (needs
+    /// the Tokio runtime).
+    pub fn with_engines(mut self, engines: Engines) -> Self {
+        self.engines = Some(engines);
+        self
     }
 
     pub fn tracker(&mut self) -> &mut Tracker {
@@ -155,6 +166,9 @@ impl Pipeline {
                     existed_before_agent,
                 } => {
                     self.added_cgroups.push(container.cgroup_id);
+                    if let Some(engines) = &mut self.engines {
+                        engines.look_up(&container);
+                    }
                     self.tracker
                         .observe_container(container, &processes, existed_before_agent);
                 }

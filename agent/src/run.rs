@@ -20,6 +20,7 @@ use crate::{
     attribution::{Attributor, Resolver},
     cli::RunArgs,
     clock::{boot_now_ns, Clock},
+    engine::Engines,
     export::http::{self, HttpState},
     kernel::{drain, LoadOptions, Probes},
     kube::{self, KubeError},
@@ -108,6 +109,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .termination
         .set_series_ttl_ns(args.series_ttl_seconds.saturating_mul(1_000_000_000));
     let mut pipeline = Pipeline::new(Attributor::new(resolver), tracker, &metrics);
+    // Standalone: container names from the engines' sockets, where there are any.
+    let (engines, mut engine_rx) = Engines::new(&args.engine_sockets);
+    if args.standalone {
+        pipeline = pipeline.with_engines(engines);
+    } else {
+        drop(engines);
+    }
     let (kube_tx, mut kube_rx) = mpsc::channel(4096);
     let mut events_tx = None;
     let watchers = match kube_client {
@@ -203,6 +211,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 }
                 let every = if pipeline.tracker().ending() { TICK_BUSY } else { TICK_IDLE };
                 tick.as_mut().reset(tokio::time::Instant::now() + every);
+            }
+            Some(named) = engine_rx.recv() => {
+                pipeline.tracker().engine_named(named.cgroup_id, &named.name);
             }
             _ = safety_walk.tick() => walk(&mut pipeline, &mut probes),
             _ = housekeeping.tick() => {

@@ -210,7 +210,8 @@ impl Engine {
         &self.dir
     }
 
-    fn docker_socket(&self) -> PathBuf {
+    /// The private dockerd's API socket (`-H unix://...`).
+    pub fn docker_socket(&self) -> PathBuf {
         self.dir.join("run/docker.sock")
     }
 

@@ -511,6 +511,54 @@ fn docker_stopsignal_sigquit_ignored_by_pid1_is_a_forced_kill_naming_sigquit() {
 }
 
 #[test]
+fn the_engines_name_for_a_container_names_its_record_and_series() {
+    require_root();
+    let docker = Engine::docker().expect("docker engine");
+    let socket = docker.docker_socket();
+    let socket = socket.to_str().expect("UTF-8 socket path");
+    let agent = Agent::start_standalone(&["--engine-socket", socket]).expect("agent");
+    let name = "gw-named-web";
+    let id = docker
+        .run(&[
+            "--name",
+            name,
+            BUSYBOX_IMAGE,
+            "sh",
+            "-c",
+            "sleep 0.5; exit 4",
+        ])
+        .expect("docker run");
+    assert_eq!(docker.wait_exited(&id, WAIT).expect("exit code"), 4);
+
+    let t = agent.wait_completed(&id, WAIT).expect("termination");
+    let c = &t["containers"][0];
+    assert_eq!(c["container_id"], id.as_str());
+    assert_eq!(c["name"], name, "the engine's name: {t:#}");
+    assert_eq!(c["outcome"], "self_exit", "{t:#}");
+    let exit = entry(&t, "container_exit");
+    assert_eq!(exit["container"], name, "{t:#}");
+    let m = agent.metrics().expect("metrics");
+    assert_eq!(
+        m.value(&format!(
+            "gracewatch_container_terminations_total{{namespace=\"\",workload=\"\",container=\"{name}\",outcome=\"self_exit\"}}"
+        )),
+        Some(1.0),
+        "series labelled by the name"
+    );
+    assert_eq!(
+        m.value(&series(
+            "gracewatch_container_terminations_total",
+            &id,
+            ",outcome=\"self_exit\""
+        )),
+        None,
+        "not by the id"
+    );
+    let text = agent.explain(&id).expect("explain");
+    assert!(text.contains(name), "{text}");
+}
+
+#[test]
 fn docker_containers_that_exit_at_start_are_each_recorded_with_their_code() {
     require_root();
     let agent = Agent::start_standalone(&[]).expect("agent");

@@ -495,6 +495,26 @@ impl Tracker {
         self.records.take_new()
     }
 
+    /// An engine's name for a container outside Kubernetes: it names the container in
+    /// records and timelines and becomes its `container` label (so a container restarted
+    /// under its name keeps its series). Pods' containers are named by the API.
+    pub fn engine_named(&mut self, cgroup_id: u64, name: &str) {
+        let Some(c) = self.containers.get_mut(&cgroup_id) else {
+            return;
+        };
+        if c.container.cgroup.pod_uid.is_some() || c.name.as_deref() == Some(name) {
+            return;
+        }
+        c.replace(join::Placement {
+            name: Some(name.to_string()),
+            sandbox: false,
+            subject: crate::metrics::Subject::standalone(name),
+            stop_signal: None,
+            stop_window_ns: None,
+        });
+        self.dirty = true;
+    }
+
     /// Containers currently tracked (tests, debugging).
     pub fn tracked(&self) -> usize {
         self.containers.len()
