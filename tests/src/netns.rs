@@ -2,9 +2,15 @@
 //! host end `<prefix>.1/24` and the namespace's end `<prefix>.2/24`, so the host reaches
 //! an address that exists only in the test's own namespace. Dropping it kills what was
 //! started in it and deletes the namespace and the host end; [`sweep`] removes those a
-//! crashed run left (all named with [`PREFIX`]).
+//! crashed run left (all named with [`PREFIX`]). `ip netns add` makes `/run/netns` a
+//! mount (a shared bind of itself) the first time; if the tests made it, the last
+//! namespace dropped unmounts and removes it again.
 
-use std::process::{Child, Command, Stdio};
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+};
 
 use anyhow::{bail, Context, Result};
 
@@ -44,6 +50,11 @@ impl NetNs {
         if host_if.len() > 15 {
             bail!("interface name {host_if} is over 15 bytes");
         }
+        // Whether /run/netns was there (and a mount) before any namespace of this run.
+        RUN_NETNS_BEFORE.get_or_init(|| {
+            let dir = Path::new(RUN_NETNS);
+            (dir.exists(), is_mount_point(dir))
+        });
         // Whatever a crashed run left under these names goes first.
         let _ = ip(&["netns", "del", &name]);
         let _ = ip(&["link", "del", &host_if]);
@@ -143,7 +154,42 @@ impl Drop for NetNs {
         self.kill_all();
         let _ = ip(&["link", "del", &self.host_if]);
         let _ = ip(&["netns", "del", &self.name]);
+        release_run_netns();
     }
+}
+
+const RUN_NETNS: &str = "/run/netns";
+/// Whether `/run/netns` existed, and was a mount, before this run's first namespace.
+static RUN_NETNS_BEFORE: OnceLock<(bool, bool)> = OnceLock::new();
+
+/// Undoes what `ip netns add` did to `/run/netns` once no namespace is left in it, if this
+/// run's namespaces were the reason it became a mount (or came to exist).
+fn release_run_netns() {
+    let Some(&(existed, was_mount)) = RUN_NETNS_BEFORE.get() else {
+        return;
+    };
+    let dir = Path::new(RUN_NETNS);
+    let empty = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+    if !empty {
+        return;
+    }
+    if !was_mount && is_mount_point(dir) {
+        let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+    }
+    if !existed && !is_mount_point(dir) {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// Whether `dir` is a mount point of this mount namespace (`/proc/self/mountinfo`).
+fn is_mount_point(dir: &Path) -> bool {
+    let Some(want) = dir.to_str() else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
+        info.lines()
+            .any(|l| l.split(' ').nth(4).is_some_and(|mp| mp == want))
+    })
 }
 
 /// Removes the namespaces and host veths a crashed run left.
