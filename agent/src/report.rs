@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -124,18 +125,41 @@ impl Snapshot {
     }
 
     /// Every record of the pod `namespace/name` (its containers' restarts, its
-    /// termination; a pod name can be reused: all of them), newest first.
+    /// termination; a pod name can be reused: all of them), newest first: those in
+    /// progress, then by when they finished. Records complete in a different order
+    /// than they finished (a restart's record waits for kubelet's status, and a quick
+    /// second restart can be reported first), so completion order is not used.
     pub fn by_pod(&self, namespace: &str, name: &str) -> Vec<&Termination> {
-        self.terminations
+        let mut found: Vec<(Option<OffsetDateTime>, &Termination)> = self
+            .terminations
             .iter()
             .rev()
             .filter(|t| t.namespace.as_deref() == Some(namespace) && t.pod.as_deref() == Some(name))
-            .map(|t| t.as_ref())
-            .collect()
+            .map(|t| (finished(t), t.as_ref()))
+            .collect();
+        // Stable: records with equal (or unreadable) times keep newest-completed first.
+        found.sort_by(|(a, _), (b, _)| match (a, b) {
+            (None, None) => std::cmp::Ordering::Equal,
+            (None, Some(_)) => std::cmp::Ordering::Less,
+            (Some(_), None) => std::cmp::Ordering::Greater,
+            (Some(a), Some(b)) => b.cmp(a),
+        });
+        found.into_iter().map(|(_, t)| t).collect()
     }
 
     pub fn all(&self) -> Vec<&Termination> {
         self.terminations.iter().map(|t| t.as_ref()).collect()
+    }
+}
+
+/// When a record finished; None while in progress. Our own RFC 3339 text always parses.
+fn finished(t: &Termination) -> Option<OffsetDateTime> {
+    match t.state {
+        State::InProgress => None,
+        _ => t
+            .finished_at
+            .as_deref()
+            .and_then(|f| OffsetDateTime::parse(f, &Rfc3339).ok()),
     }
 }
 
@@ -185,6 +209,48 @@ pub fn signal_name(sig: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(
+        pod: &str,
+        state: State,
+        finished_at: Option<&str>,
+        restart_count: i32,
+    ) -> Arc<Termination> {
+        Arc::new(Termination {
+            namespace: Some("shop".into()),
+            pod: Some(pod.into()),
+            state,
+            finished_at: finished_at.map(String::from),
+            restart_count: Some(restart_count),
+            ..Termination::in_progress(None)
+        })
+    }
+
+    #[test]
+    fn a_pods_records_are_newest_first_by_when_they_finished_not_completed() {
+        // Completion order: run 2, run 1, an unrelated pod, run 3, then the pod's termination in progress.
+        let snap = Snapshot {
+            terminations: vec![
+                record("loop", State::Completed, Some("2026-12-01T10:00:01.2Z"), 2),
+                record("loop", State::Completed, Some("2026-12-01T10:00:00.95Z"), 1),
+                record("other", State::Completed, Some("2026-12-01T10:00:09Z"), 7),
+                record(
+                    "loop",
+                    State::Completed,
+                    Some("2026-12-01T10:00:01.800000001Z"),
+                    3,
+                ),
+                record("loop", State::InProgress, None, 4),
+            ],
+        };
+        let order: Vec<Option<i32>> = snap
+            .by_pod("shop", "loop")
+            .iter()
+            .map(|t| t.restart_count)
+            .collect();
+        assert_eq!(order, [Some(4), Some(3), Some(2), Some(1)]);
+        assert!(snap.by_pod("kube-system", "loop").is_empty());
+    }
 
     #[test]
     fn signal_names() {

@@ -239,6 +239,22 @@ fn a_crash_loop_is_diagnosed_at_the_third_restart() {
         .filter_map(|t| t["restart_count"].as_i64())
         .collect();
     assert!(counts.starts_with(&[3, 2, 1]), "{counts:?}");
+    // Each run's record holds the status of its own end, whatever order the records
+    // completed in (a record waits for kubelet's status and Events).
+    for t in all.iter().filter(|t| t["state"] == "completed") {
+        let n = t["restart_count"].as_i64().expect("restart count");
+        // Kubelet shows the ended run as lastState before it counts the restart.
+        let own = format!("(restartCount {}) (watch)", n - 1);
+        assert!(
+            t["timeline"]
+                .as_array()
+                .expect("timeline")
+                .iter()
+                .any(|e| e["what"] == "restarted_status"
+                    && e["detail"].as_str().is_some_and(|d| d.ends_with(&own))),
+            "run {n}: {t:#}"
+        );
+    }
 
     let m = agent.metrics().expect("metrics");
     assert_eq!(

@@ -49,8 +49,9 @@ pub struct ApiPodState {
     /// Container ids (or names, for a status without ids) whose end the status has
     /// shown, with when it was first seen (boot clock).
     terminated_seen: HashMap<String, u64>,
-    /// Container id → the `restartCount` the status showed while that run was current.
-    run_restart_counts: HashMap<String, i32>,
+    /// Container id → its container's name and the `restartCount` the status showed
+    /// while that run was current.
+    run_restart_counts: HashMap<String, (String, i32)>,
     /// Per container, the waiting reason and restart count last put on the timeline.
     waiting_seen: HashMap<String, String>,
     /// Why the pod's owner stopped it, once read (see `owners`).
@@ -87,7 +88,7 @@ impl ApiPodState {
     pub fn restart_count_after(&self, id: &str, restarted: bool) -> Option<i32> {
         self.run_restart_counts
             .get(id)
-            .map(|n| n + i32::from(restarted))
+            .map(|(_, n)| n + i32::from(restarted))
     }
 
     /// When the API's status first showed container run `id` ended (its own state
@@ -352,7 +353,8 @@ impl NodeView {
         p.pod = pod.clone();
         for c in &pod.containers {
             if let Some(id) = &c.container_id {
-                p.run_restart_counts.insert(id.clone(), c.restart_count);
+                p.run_restart_counts
+                    .insert(id.clone(), (c.name.clone(), c.restart_count));
             }
             let runs = [(&c.terminated, false), (&c.last_terminated, true)];
             for (t, restarted) in runs {
@@ -390,6 +392,22 @@ impl NodeView {
                     )
                 };
                 p.note_about(clock, at_ns, what, Some(c.name.clone()), detail);
+            }
+            // A status can skip a run's end (a quick restart, a watch that relisted): a
+            // later run being current shows the earlier ones ended.
+            if let Some(id) = &c.container_id {
+                let skipped: Vec<String> = p
+                    .run_restart_counts
+                    .iter()
+                    .filter(|(other, (name, n))| {
+                        *other != id && *name == c.name && *n < c.restart_count
+                    })
+                    .map(|(other, _)| other.clone())
+                    .filter(|other| !p.terminated_seen.contains_key(other))
+                    .collect();
+                for other in skipped {
+                    p.terminated_seen.insert(other, at_ns);
+                }
             }
             if let Some((reason, message)) = &c.waiting {
                 let key = format!("{reason}:{}", c.restart_count);
@@ -617,6 +635,24 @@ mod tests {
         })
     }
 
+    /// `pod(false)` with its container's run `id` current after `count` restarts and the
+    /// run `last` (exit code 137) in `lastState`, delivered at `at_ns`.
+    fn rerun(id: &str, count: i32, last: &str, at_ns: u64) -> KubeUpdate {
+        let mut p = (*pod(false)).clone();
+        p.containers[0].container_id = Some(id.into());
+        p.containers[0].restart_count = count;
+        p.containers[0].last_terminated = Some(crate::kube::model::ApiTerminated {
+            exit_code: 137,
+            reason: Some("Error".into()),
+            container_id: Some(last.into()),
+            ..Default::default()
+        });
+        KubeUpdate::Pod {
+            pod: Arc::new(p),
+            at_ns,
+        }
+    }
+
     #[test]
     fn a_pod_through_deletion_and_removal() {
         let clock = Clock::with_offset_ns(0);
@@ -668,22 +704,7 @@ mod tests {
             },
             &clock,
         );
-        let mut restarted = (*pod(false)).clone();
-        restarted.containers[0].container_id = Some("c2".into());
-        restarted.containers[0].restart_count = 1;
-        restarted.containers[0].last_terminated = Some(crate::kube::model::ApiTerminated {
-            exit_code: 137,
-            reason: Some("Error".into()),
-            container_id: Some("c1".into()),
-            ..Default::default()
-        });
-        v.apply(
-            KubeUpdate::Pod {
-                pod: Arc::new(restarted),
-                at_ns: 2 * S,
-            },
-            &clock,
-        );
+        v.apply(rerun("c2", 1, "c1", 2 * S), &clock);
         assert_eq!(v.container("c1"), Some(("u1", "app")), "the old run");
         assert_eq!(v.container("c2"), Some(("u1", "app")), "the new run");
         let p = v.get("u1").expect("pod");
@@ -700,6 +721,19 @@ mod tests {
             "{}",
             entry.detail
         );
+        // Two quick restarts more; the watch shows only the last: c4 current, c3 in
+        // lastState. c2 ended too: a later run is current.
+        v.apply(rerun("c4", 3, "c3", 4 * S), &clock);
+        let p = v.get("u1").expect("pod");
+        assert_eq!(p.ended_seen_ns("c2"), Some(4 * S), "c2 ran before c4");
+        assert_eq!(p.ended_seen_ns("c3"), Some(4 * S));
+        assert_eq!(p.ended_seen_ns("c4"), None, "still running");
+        // Only the runs the status named are on the timeline.
+        let ends = p
+            .timeline_since(0)
+            .filter(|e| e.what == "restarted_status")
+            .count();
+        assert_eq!(ends, 2);
     }
 
     #[test]

@@ -346,6 +346,12 @@ impl Records {
         };
         let pod_state = pod.map(|p| (p.deletion_ns.is_some(), p.removed_ns.is_some()));
         let hold = match (&rec.run, pod) {
+            // Runs of one container complete in the order they ended: each one's
+            // timeline starts where the previous one's ended, and its restart history
+            // (crash loops) is kept in that order.
+            (Some(run), Some(_)) if self.earlier_run_open(key, run, rec.finished_ns) => {
+                Some(Hold::RestartPending)
+            }
             (Some(run), Some(p)) => run_completion(
                 p.ended_seen_ns(&run.container_id),
                 p.removed_ns.is_some(),
@@ -403,8 +409,24 @@ impl Records {
         })
     }
 
+    /// Open records, those that finished first first (then by key: a stable order).
     pub(super) fn open_keys(&self) -> Vec<String> {
-        self.open.keys().cloned().collect()
+        let mut keys: Vec<(Option<u64>, &String)> =
+            self.open.iter().map(|(k, r)| (r.finished_ns, k)).collect();
+        keys.sort();
+        keys.into_iter().map(|(_, k)| k.clone()).collect()
+    }
+
+    /// Whether an earlier run of `run`'s container (same pod, `<pod uid>/` key) is still
+    /// open.
+    fn earlier_run_open(&self, key: &str, run: &Run, finished_ns: Option<u64>) -> bool {
+        let pod = key.split('/').next().unwrap_or_default();
+        self.open.iter().any(|(k, r)| {
+            k != key
+                && k.split('/').next() == Some(pod)
+                && r.run.as_ref().is_some_and(|o| o.container == run.container)
+                && r.finished_ns < finished_ns
+        })
     }
 
     pub(super) fn open_started(&self, key: &str) -> Option<u64> {

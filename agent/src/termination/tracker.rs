@@ -436,11 +436,11 @@ impl Tracker {
                 .as_deref()
                 .and_then(|u| self.view.get(u));
             self.records
-                .finalize(c, key.clone(), run, pod, &self.metrics, &self.clock, now_ns);
-            self.try_complete(&key, now_ns);
+                .finalize(c, key, run, pod, &self.metrics, &self.clock, now_ns);
             self.dirty = true;
         }
-        // Records held back (e.g. waiting for a deletion) are looked at again.
+        // Records (new ones, and those held back, e.g. waiting for a deletion) complete
+        // in the order they finished.
         for key in self.records.open_keys() {
             self.try_complete(&key, now_ns);
         }
@@ -585,8 +585,9 @@ mod tests {
     fn a_container_restarted_in_the_same_sync_keeps_its_record() {
         let a = "a".repeat(64);
         let b = "b".repeat(64);
-        // (the status names the old run in lastState, when the record completes)
-        for (last, done_ms) in [(Some(a.as_str()), 3_000), (None, 12_000)] {
+        // (the status names the old run in lastState or not: the new run's higher
+        // restartCount shows the old one ended either way; when the record completes)
+        for (last, done_ms) in [(Some(a.as_str()), 3_000), (None, 3_000)] {
             let mut t = run(&[]);
             t.kube(pod_update(&a, 0, None, 0), 0);
             t.kube(
@@ -623,6 +624,60 @@ mod tests {
             assert_eq!(term.restart_count, Some(1));
             let codes: Vec<&str> = term.diagnoses.iter().map(|d| d.code.as_str()).collect();
             assert_eq!(codes, ["LIVENESS_KILLED"]);
+        }
+    }
+
+    #[test]
+    fn quick_restarts_complete_in_the_order_the_runs_ended() {
+        let ids: Vec<String> = ["a", "b", "c"].iter().map(|x| x.repeat(64)).collect();
+        let run_of = |i: usize| {
+            let path = format!(
+                "/kubepods/besteffort/pod6f1c2d3e-1111-2222-3333-444455556666/{}",
+                ids[i]
+            );
+            Arc::new(CgroupContainer {
+                cgroup_id: CG + i as u64,
+                cgroup: crate::attribution::cgroup_path::parse(&path).expect("path"),
+                path,
+            })
+        };
+        let mut t = run(&[]);
+        t.kube(pod_update(&ids[0], 0, None, 0), 0);
+        // Run 1 crashes at 300 ms, run 2 at 900 ms; the status shows each end at once.
+        for (i, (start, end)) in [(0, 300), (500, 900)].into_iter().enumerate() {
+            let c = run_of(i);
+            t.handle(&c, &exec(start, P1, 1, "app"));
+            t.handle(&c, &exit(end, P1, 1, "app", (i as u32 + 1) << 8));
+            t.kube(
+                pod_update(&ids[i + 1], i as i32 + 1, Some(&ids[i]), end + 50),
+                (end + 50) * MS,
+            );
+        }
+        // Both records settle before one tick (the agent was busy): they complete in order.
+        t.tick(3_000 * MS);
+        let s = t.snapshot(3_000 * MS).expect("snapshot");
+        let done: Vec<(Option<i32>, Option<u8>)> = s
+            .terminations
+            .iter()
+            .filter(|t| t.state == crate::report::State::Completed)
+            .map(|t| (t.restart_count, t.containers[0].exit_code))
+            .collect();
+        assert_eq!(done, [(Some(1), Some(1)), (Some(2), Some(2))]);
+        // Each run's timeline is its own: run 2's starts after run 1 ended.
+        let first_exit = |t: &Termination| {
+            t.timeline
+                .iter()
+                .find(|e| e.what == "container_exit")
+                .map(|e| e.at_ns)
+        };
+        for t in s.terminations.iter().filter(|t| t.restart_count.is_some()) {
+            let exit = first_exit(t).expect("its exit");
+            assert!(
+                t.timeline
+                    .iter()
+                    .all(|e| e.what != "container_exit" || e.at_ns == exit),
+                "one exit per run: {t:#?}"
+            );
         }
     }
 
