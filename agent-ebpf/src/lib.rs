@@ -251,7 +251,8 @@ pub struct KernelOffsets {
     pub cgroup_root: u32,
     /// `struct cgroup_root.hierarchy_id` (0: the default, v2 hierarchy)
     pub cgroup_root_hierarchy_id: u32,
-    pub _pad: u32,
+    /// `struct task_struct.pid` (the thread's id; equal to `tgid` for a group leader)
+    pub task_pid: u32,
     /// `struct kernfs_node.id`
     pub kernfs_node_id: u32,
     /// `struct k_sigaction.sa` + `struct sigaction.sa_handler`
@@ -294,6 +295,9 @@ const _: () = assert!(size_of::<Config>() == 136);
 
 /// [`Config::flags`]: trace every task, containers or not (benchmarks and debugging).
 pub const FLAG_TRACE_HOST: u64 = 1;
+/// [`Config::flags`]: the kernel's `sched_process_exit` tracepoint passes `group_dead`
+/// (Linux 6.x): the exit probe need not read `signal->live` for every thread's exit.
+pub const FLAG_EXIT_GROUP_DEAD_ARG: u64 = 2;
 
 impl KernelOffsets {
     pub const ZERO: KernelOffsets = KernelOffsets {
@@ -314,7 +318,7 @@ impl KernelOffsets {
         cgroup_kn: 0,
         cgroup_root: 0,
         cgroup_root_hierarchy_id: 0,
-        _pad: 0,
+        task_pid: 0,
         kernfs_node_id: 0,
         ksigaction_handler: 0,
         skc_family: 0,

@@ -2,14 +2,13 @@
 //! their paths, so user space knows a container's cgroup from the moment runc creates it
 //! (even one whose PID 1 dies within milliseconds) without walking the tree.
 
-use agent_ebpf::{CgroupMkdirEvent, CgroupRmdirEvent, EventHeader, EventKind, COMM_LEN};
+use agent_ebpf::{CgroupMkdirEvent, CgroupRmdirEvent, EventHeader, EventKind};
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel_str_bytes, generated},
-    macros::raw_tracepoint,
+    helpers::bpf_probe_read_kernel_str_bytes, macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
 
-use super::{conf, emit, ns_identity, probe_error, read_at, reserve, submit_now};
+use super::{conf, current_task_header, emit, probe_error, read_at, reserve, submit_now};
 
 /// `cgroup:cgroup_mkdir`, TP_PROTO(struct cgroup *cgrp, const char *path). The kernel
 /// builds `path` (relative to the hierarchy's root) only while the tracepoint is enabled.
@@ -50,21 +49,10 @@ fn v2_cgroup_id(cgrp: u64) -> Result<Option<u64>, i32> {
     Ok(Some(read_at(kn, conf!(offsets.kernfs_node_id))?))
 }
 
-/// A header about cgroup `cgroup_id`, naming the task that changed it.
+/// A header about cgroup `cgroup_id`, naming the task that changed it (never filtered).
 #[inline(always)]
 fn header(kind: EventKind, cgroup_id: u64) -> Result<EventHeader, i32> {
-    let task = unsafe { generated::bpf_get_current_task() };
-    let (ns_tgid, ns_level) = ns_identity(task)?;
-    let pid_tgid = unsafe { generated::bpf_get_current_pid_tgid() };
-    Ok(EventHeader {
-        kind: kind as u32,
-        ns_tgid,
-        ktime_ns: unsafe { generated::bpf_ktime_get_boot_ns() },
-        cgroup_id,
-        tgid: (pid_tgid >> 32) as u32,
-        ns_level,
-        comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-    })
+    current_task_header(kind, cgroup_id, false)?.ok_or(-1)
 }
 
 fn try_mkdir(ctx: &RawTracePointContext) -> Result<(), i32> {

@@ -4,7 +4,7 @@
 use agent_ebpf::{EventKind, ExecEvent};
 use aya_ebpf::{helpers::generated, macros::raw_tracepoint, programs::RawTracePointContext};
 
-use super::{conf, current_header, emit, ns_identity, probe_error, read_at, task_cgroup_id};
+use super::{conf, current_header, emit, pid_level, probe_error, read_at, task_cgroup_id};
 
 /// `sched:sched_process_exec`, TP_PROTO(struct task_struct *p, pid_t old_pid,
 /// struct linux_binprm *bprm); `current` is `p`, whose comm is already the new program's.
@@ -24,12 +24,12 @@ fn try_exec(_ctx: &RawTracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     // Read only for traced tasks: whether the parent is outside the task's PID namespace
-    // (a lower level) or cgroup tells a program started from outside the container.
+    // (a lower level) or cgroup tells a program started from outside the container. The
+    // parent's cgroup (four reads) only when the namespaces do not already tell.
     let task = unsafe { generated::bpf_get_current_task() };
     let parent: u64 = read_at(task, conf!(offsets.task_real_parent))?;
-    let (_, parent_level) = ns_identity(parent)?;
-    let parent_cgroup = task_cgroup_id(parent)?;
-    let entered = parent_level < header.ns_level || parent_cgroup != header.cgroup_id;
+    let (_, parent_level) = pid_level(parent)?;
+    let entered = parent_level < header.ns_level || task_cgroup_id(parent)? != header.cgroup_id;
     emit(
         EventKind::Exec,
         ExecEvent {

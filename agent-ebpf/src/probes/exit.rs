@@ -1,15 +1,16 @@
 //! Process exit probe: one record per thread group, with the exit code.
 
-use agent_ebpf::{EventKind, ExitEvent};
+use agent_ebpf::{EventKind, ExitEvent, FLAG_EXIT_GROUP_DEAD_ARG};
 use aya_ebpf::{helpers::generated, macros::raw_tracepoint, programs::RawTracePointContext};
 
 use super::{conf, current_header, emit, emit_now, probe_error, read_at};
 
 /// `sched:sched_process_exit`, TP_PROTO(struct task_struct *p[, bool group_dead]);
 /// `current` is `p`. The exit code is not a tracepoint field: it is `p->exit_code`, set by
-/// do_exit() before the tracepoint fires. Whether the thread group died is read from
-/// `p->signal->live` (already decremented) rather than the `group_dead` argument, which
-/// older kernels do not pass.
+/// do_exit() before the tracepoint fires. Whether the thread group died is the
+/// `group_dead` argument where the kernel passes it (user space finds out from BTF), so
+/// a thread's exit costs no read; older kernels' is read from `p->signal->live` (already
+/// decremented).
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     match try_exit(&ctx) {
@@ -21,11 +22,16 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     }
 }
 
-fn try_exit(_ctx: &RawTracePointContext) -> Result<(), i32> {
+fn try_exit(ctx: &RawTracePointContext) -> Result<(), i32> {
     let task = unsafe { generated::bpf_get_current_task() };
-    let signal: u64 = read_at(task, conf!(offsets.task_signal))?;
-    let live: i32 = read_at(signal, conf!(offsets.signal_live))?;
-    if live != 0 {
+    let group_dead = if conf!(flags) & FLAG_EXIT_GROUP_DEAD_ARG != 0 {
+        ctx.arg::<u64>(1) as u8 != 0
+    } else {
+        let signal: u64 = read_at(task, conf!(offsets.task_signal))?;
+        let live: i32 = read_at(signal, conf!(offsets.signal_live))?;
+        live == 0
+    };
+    if !group_dead {
         return Ok(());
     }
     let Some(header) = current_header(EventKind::Exit)? else {

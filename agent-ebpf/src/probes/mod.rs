@@ -55,18 +55,31 @@ pub(crate) fn read_at<T>(base: u64, off: u32) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }
 }
 
-/// Thread group id in the task's own PID namespace and that namespace's depth.
+/// A task's own `struct pid` and the depth of its PID namespace (every thread of a group
+/// is in its leader's namespace): two reads, all a filter needs.
 #[inline(always)]
-pub(crate) fn ns_identity(task: u64) -> Result<(u32, u32), i32> {
-    let leader: u64 = read_at(task, conf!(offsets.task_group_leader))?;
-    let pid: u64 = read_at(leader, conf!(offsets.task_thread_pid))?;
+pub(crate) fn pid_level(task: u64) -> Result<(u64, u32), i32> {
+    let pid: u64 = read_at(task, conf!(offsets.task_thread_pid))?;
     let level: u32 = read_at(pid, conf!(offsets.pid_level))?;
     // A PID namespace is at most 32 deep; the bound also keeps the offset sane.
-    let level = level & 31;
+    Ok((pid, level & 31))
+}
+
+/// The thread group id of `task` in its namespace at `level`. `pid` is the task's own
+/// `struct pid`, which is the group's when the task `leads` its group; otherwise the
+/// leader's is read.
+#[inline(always)]
+pub(crate) fn ns_tgid(task: u64, pid: u64, level: u32, leads: bool) -> Result<u32, i32> {
+    let pid = if leads {
+        pid
+    } else {
+        let leader: u64 = read_at(task, conf!(offsets.task_group_leader))?;
+        read_at(leader, conf!(offsets.task_thread_pid))?
+    };
     let off =
         conf!(offsets.pid_numbers) + level * conf!(offsets.upid_size) + conf!(offsets.upid_nr);
     let nr: i32 = read_at(pid, off)?;
-    Ok((nr as u32, level))
+    Ok(nr as u32)
 }
 
 /// cgroup v2 id of any task: `task->cgroups->dfl_cgrp->kn->id`.
@@ -88,23 +101,37 @@ pub(crate) fn is_traced(ns_level: u32, cgroup_id: u64) -> bool {
     unsafe { CONTAINER_CGROUPS.get(&cgroup_id).is_some() }
 }
 
-/// Header for an event about the current task, or `None` when it is not traced.
+/// Header for an event about the current task, or `None` when it is not traced. Costs
+/// two reads for a task that is filtered out, three for a traced group leader.
 #[inline(always)]
 pub(crate) fn current_header(kind: EventKind) -> Result<Option<EventHeader>, i32> {
-    let task = unsafe { generated::bpf_get_current_task() };
-    let (ns_tgid, ns_level) = ns_identity(task)?;
     let cgroup_id = unsafe { generated::bpf_get_current_cgroup_id() };
-    if !is_traced(ns_level, cgroup_id) {
+    current_task_header(kind, cgroup_id, true)
+}
+
+/// Header for an event of `kind` about `cgroup_id` and the current task; `None` when
+/// `filtered` and the current task is not traced.
+#[inline(always)]
+pub(crate) fn current_task_header(
+    kind: EventKind,
+    cgroup_id: u64,
+    filtered: bool,
+) -> Result<Option<EventHeader>, i32> {
+    let task = unsafe { generated::bpf_get_current_task() };
+    let (pid, ns_level) = pid_level(task)?;
+    if filtered && !is_traced(ns_level, cgroup_id) {
         return Ok(None);
     }
     let pid_tgid = unsafe { generated::bpf_get_current_pid_tgid() };
+    let tgid = (pid_tgid >> 32) as u32;
+    let ns_tgid = ns_tgid(task, pid, ns_level, pid_tgid as u32 == tgid)?;
     let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     Ok(Some(EventHeader {
         kind: kind as u32,
         ns_tgid,
         ktime_ns: unsafe { generated::bpf_ktime_get_boot_ns() },
         cgroup_id,
-        tgid: (pid_tgid >> 32) as u32,
+        tgid,
         ns_level,
         comm,
     }))

@@ -6,7 +6,7 @@ use agent_ebpf::{
 use aya_ebpf::{helpers::generated, macros::raw_tracepoint, programs::RawTracePointContext};
 
 use super::{
-    conf, current_header, emit, is_traced, ns_identity, probe_error, read_at, task_cgroup_id,
+    conf, current_header, emit, is_traced, ns_tgid, pid_level, probe_error, read_at, task_cgroup_id,
 };
 
 /// `signal:signal_generate`, TP_PROTO(int sig, struct kernel_siginfo *info,
@@ -30,11 +30,14 @@ fn try_signal_generate(ctx: &RawTracePointContext) -> Result<(), i32> {
     }
     let info = ctx.arg::<u64>(1);
     let task = ctx.arg::<u64>(2);
-    let (ns_tgid, ns_level) = ns_identity(task)?;
+    let (pid, ns_level) = pid_level(task)?;
     let cgroup_id = task_cgroup_id(task)?;
     if !is_traced(ns_level, cgroup_id) {
         return Ok(());
     }
+    let tgid: u32 = read_at(task, conf!(offsets.task_tgid))?;
+    let thread: u32 = read_at(task, conf!(offsets.task_pid))?;
+    let ns_tgid = ns_tgid(task, pid, ns_level, thread == tgid)?;
     // SEND_SIG_NOINFO (0) and SEND_SIG_PRIV (1) are markers, not pointers; report them as
     // the tracepoint's own format does.
     let code = match info {
@@ -48,7 +51,7 @@ fn try_signal_generate(ctx: &RawTracePointContext) -> Result<(), i32> {
         ns_tgid,
         ktime_ns: unsafe { generated::bpf_ktime_get_boot_ns() },
         cgroup_id,
-        tgid: read_at(task, conf!(offsets.task_tgid))?,
+        tgid,
         ns_level,
         comm: read_at(task, conf!(offsets.task_comm))?,
     };

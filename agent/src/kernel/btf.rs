@@ -12,44 +12,84 @@ use super::KernelError;
 /// Where the kernel exposes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Resolves every offset in [`KernelOffsets`] from a BTF file.
-pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, KernelError> {
+/// What the probes need to know of the running kernel's layout.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelLayout {
+    pub offsets: KernelOffsets,
+    /// `sched_process_exit` passes `group_dead` (Linux 6.x): see
+    /// `agent_ebpf::FLAG_EXIT_GROUP_DEAD_ARG`.
+    pub exit_passes_group_dead: bool,
+}
+
+/// Resolves every offset in [`KernelOffsets`], and the exit tracepoint's arguments, from
+/// a BTF file.
+pub fn kernel_layout(path: &Path) -> Result<KernelLayout, KernelError> {
     let btf = Btf::from_file(path).map_err(|e| KernelError::Btf {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
     let r = Resolver { btf: &btf };
-    let sigaction = r.offset("k_sigaction", "sa")?;
-    Ok(KernelOffsets {
-        task_tgid: r.offset("task_struct", "tgid")?,
-        task_comm: r.offset("task_struct", "comm")?,
-        task_exit_code: r.offset("task_struct", "exit_code")?,
-        task_group_leader: r.offset("task_struct", "group_leader")?,
-        task_real_parent: r.offset("task_struct", "real_parent")?,
-        task_thread_pid: r.offset("task_struct", "thread_pid")?,
-        task_signal: r.offset("task_struct", "signal")?,
-        task_cgroups: r.offset("task_struct", "cgroups")?,
-        pid_level: r.offset("pid", "level")?,
-        pid_numbers: r.offset("pid", "numbers")?,
-        upid_size: r.struct_size("upid")?,
-        upid_nr: r.offset("upid", "nr")?,
-        signal_live: r.offset("signal_struct", "live")?,
-        css_set_dfl_cgrp: r.offset("css_set", "dfl_cgrp")?,
-        cgroup_kn: r.offset("cgroup", "kn")?,
-        cgroup_root: r.offset("cgroup", "root")?,
-        cgroup_root_hierarchy_id: r.offset("cgroup_root", "hierarchy_id")?,
-        _pad: 0,
-        kernfs_node_id: r.offset("kernfs_node", "id")?,
-        ksigaction_handler: sigaction + r.offset("sigaction", "sa_handler")?,
-        skc_family: r.offset("sock_common", "skc_family")?,
-        skc_rcv_saddr: r.offset("sock_common", "skc_rcv_saddr")?,
-        skc_v6_rcv_saddr: r.offset("sock_common", "skc_v6_rcv_saddr")?,
-        skb_len: r.offset("sk_buff", "len")?,
-        skb_data: r.offset("sk_buff", "data")?,
-        skb_head: r.offset("sk_buff", "head")?,
-        skb_network_header: r.offset("sk_buff", "network_header")?,
-        skc_num: r.offset("sock_common", "skc_num")?,
+    Ok(KernelLayout {
+        offsets: r.offsets()?,
+        exit_passes_group_dead: r.tracepoint_args("sched_process_exit") == Some(2),
     })
+}
+
+impl Resolver<'_> {
+    fn offsets(&self) -> Result<KernelOffsets, KernelError> {
+        let r = self;
+        let sigaction = r.offset("k_sigaction", "sa")?;
+        Ok(KernelOffsets {
+            task_tgid: r.offset("task_struct", "tgid")?,
+            task_comm: r.offset("task_struct", "comm")?,
+            task_exit_code: r.offset("task_struct", "exit_code")?,
+            task_group_leader: r.offset("task_struct", "group_leader")?,
+            task_real_parent: r.offset("task_struct", "real_parent")?,
+            task_thread_pid: r.offset("task_struct", "thread_pid")?,
+            task_signal: r.offset("task_struct", "signal")?,
+            task_cgroups: r.offset("task_struct", "cgroups")?,
+            pid_level: r.offset("pid", "level")?,
+            pid_numbers: r.offset("pid", "numbers")?,
+            upid_size: r.struct_size("upid")?,
+            upid_nr: r.offset("upid", "nr")?,
+            signal_live: r.offset("signal_struct", "live")?,
+            css_set_dfl_cgrp: r.offset("css_set", "dfl_cgrp")?,
+            cgroup_kn: r.offset("cgroup", "kn")?,
+            cgroup_root: r.offset("cgroup", "root")?,
+            cgroup_root_hierarchy_id: r.offset("cgroup_root", "hierarchy_id")?,
+            task_pid: r.offset("task_struct", "pid")?,
+            kernfs_node_id: r.offset("kernfs_node", "id")?,
+            ksigaction_handler: sigaction + r.offset("sigaction", "sa_handler")?,
+            skc_family: r.offset("sock_common", "skc_family")?,
+            skc_rcv_saddr: r.offset("sock_common", "skc_rcv_saddr")?,
+            skc_v6_rcv_saddr: r.offset("sock_common", "skc_v6_rcv_saddr")?,
+            skb_len: r.offset("sk_buff", "len")?,
+            skb_data: r.offset("sk_buff", "data")?,
+            skb_head: r.offset("sk_buff", "head")?,
+            skb_network_header: r.offset("sk_buff", "network_header")?,
+            skc_num: r.offset("sock_common", "skc_num")?,
+        })
+    }
+
+    /// How many arguments raw tracepoint `name` passes: its `btf_trace_<name>` typedef is
+    /// a pointer to a function taking the context, then the arguments. `None` when the
+    /// BTF does not describe it.
+    fn tracepoint_args(&self, name: &str) -> Option<usize> {
+        let types = self
+            .btf
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .ok()?;
+        let Some(Type::Typedef(t)) = types.into_iter().next() else {
+            return None;
+        };
+        let Type::Ptr(p) = self.btf.resolve_chained_type(&t).ok()? else {
+            return None;
+        };
+        let Type::FuncProto(f) = self.btf.resolve_chained_type(&p).ok()? else {
+            return None;
+        };
+        f.parameters.len().checked_sub(1)
+    }
 }
 
 struct Resolver<'a> {
@@ -142,7 +182,22 @@ mod tests {
             eprintln!("skipped: {VMLINUX_BTF} not present");
             return;
         }
-        let o = kernel_offsets(path).expect("offsets");
+        let layout = kernel_layout(path).expect("offsets");
+        let o = layout.offsets;
+        assert!(
+            o.task_pid < o.task_tgid,
+            "pid comes right before tgid: {o:?}"
+        );
+        // signal_generate(sig, info, task, group, result) has had five arguments since
+        // 3.x; sched_process_exit(p) gained group_dead in 6.x.
+        let r = Resolver {
+            btf: &Btf::from_file(path).expect("btf"),
+        };
+        assert_eq!(r.tracepoint_args("signal_generate"), Some(5));
+        let exit_args = r.tracepoint_args("sched_process_exit");
+        assert!(matches!(exit_args, Some(1 | 2)), "{exit_args:?}");
+        assert_eq!(layout.exit_passes_group_dead, exit_args == Some(2));
+        assert_eq!(r.tracepoint_args("no_such_tracepoint"), None);
         assert_eq!(o.upid_nr, 0, "struct upid starts with int nr");
         assert_eq!(
             o.upid_size, 16,
@@ -161,7 +216,7 @@ mod tests {
 
     #[test]
     fn missing_file_is_a_clear_error() {
-        let err = kernel_offsets(Path::new("/nonexistent/btf")).unwrap_err();
+        let err = kernel_layout(Path::new("/nonexistent/btf")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/btf"), "{err}");
     }
 }

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use agent_ebpf::{
     Addr, Config, EventKind, TrafficCounters, WatchMarks, CONFIG_GLOBAL, CONTAINER_CGROUPS_MAP,
-    EVENTS_MAP, FLAG_TRACE_HOST, LOST_MAP, PROBE_ERRORS_MAP, TRAFFIC_MAP, WATCHED_ADDRS_MAP,
-    WATCH_COUNT_MAP,
+    EVENTS_MAP, FLAG_EXIT_GROUP_DEAD_ARG, FLAG_TRACE_HOST, LOST_MAP, PROBE_ERRORS_MAP, TRAFFIC_MAP,
+    WATCHED_ADDRS_MAP, WATCH_COUNT_MAP,
 };
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
@@ -78,13 +78,21 @@ impl Probes {
             return Err(KernelError::RingSize(opts.ring_bytes));
         }
         raise_memlock_limit();
+        let layout = btf::kernel_layout(Path::new(btf::VMLINUX_BTF))?;
+        let mut flags = 0;
+        if opts.trace_host {
+            flags |= FLAG_TRACE_HOST;
+        }
+        if layout.exit_passes_group_dead {
+            flags |= FLAG_EXIT_GROUP_DEAD_ARG;
+        }
         let config = Config {
             signal_mask: agent_ebpf::signal_mask(&opts.signals),
-            flags: if opts.trace_host { FLAG_TRACE_HOST } else { 0 },
+            flags,
             // A quarter of the ring: the reader is woken well before it fills, and polls
             // (see `run`) for the rest.
             wakeup_bytes: u64::from(opts.ring_bytes / 4),
-            offsets: btf::kernel_offsets(Path::new(btf::VMLINUX_BTF))?,
+            offsets: layout.offsets,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(CONFIG_GLOBAL, &config, true)
