@@ -4,20 +4,22 @@
 
 use crate::{build, util};
 
-pub fn run(rounds: u32) -> anyhow::Result<()> {
+pub fn run(rounds: u32, only: Option<&str>) -> anyhow::Result<()> {
     util::require_root("bench")?;
     build::run(true)?;
-    util::cargo(&[
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        "agent",
-        "--example",
-        "pipeline_throughput",
-    ])?;
+    if only.is_none() {
+        util::cargo(&[
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "agent",
+            "--example",
+            "pipeline_throughput",
+        ])?;
+    }
     let rounds = rounds.to_string();
-    util::cargo(&[
+    let mut args = vec![
         "run",
         "--release",
         "--quiet",
@@ -28,5 +30,9 @@ pub fn run(rounds: u32) -> anyhow::Result<()> {
         "--",
         "--rounds",
         &rounds,
-    ])
+    ];
+    if let Some(phase) = only {
+        args.extend(["--only", phase]);
+    }
+    util::cargo(&args)
 }

@@ -57,6 +57,10 @@ enum Task {
         /// Storm repetitions per side (A/B interleaved).
         #[arg(long, default_value_t = 6)]
         rounds: u32,
+        /// Run one phase alone: `exit` (the exit storm and the programs' run time, with
+        /// the count-only bpftrace baseline when bpftrace is installed) or `traffic`.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Build the fuzz targets (agent/fuzz) and run each for a bounded time.
     Fuzz {
@@ -73,7 +77,7 @@ fn main() -> anyhow::Result<()> {
         Task::Image { release } => image::run(release),
         Task::Test { unit } => test::run(unit),
         Task::Demo => demo::run(),
-        Task::Bench { rounds } => bench::run(rounds),
+        Task::Bench { rounds, only } => bench::run(rounds, only.as_deref()),
         Task::Fuzz { seconds } => {
             setup::run(false)?;
             fuzz::run(seconds)

@@ -1,5 +1,7 @@
 //! Measurements 1 and 2: the exit storm without (A) and with (B) the agent, interleaved
-//! A, B, A, B, ..., and the kernel's run time of each BPF program during the B runs.
+//! A, B, A, B, ..., and the kernel's run time of each BPF program during the B runs. When
+//! bpftrace is installed each round also runs C: the storm under a count-only bpftrace
+//! script (see `bpftrace`), the baseline B is compared with.
 //!
 //! Each B run gets a freshly started agent (default flags, default ring), so an A run
 //! really has none of our probes attached. The agent's figures cover a window from just
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::agent_proc::{AgentProc, RunStats, Snapshot};
+use crate::bpftrace;
 use crate::host::{foreign_probes, HostCpu, Interrupts};
 use crate::storm::{self, StormResult, Target};
 use crate::sys::sleep_checked;
@@ -54,6 +57,8 @@ pub struct Run {
 pub struct ExitStorm {
     pub a: Vec<Run>,
     pub b: Vec<Run>,
+    /// Under the count-only bpftrace; empty when bpftrace is not installed.
+    pub c: Vec<Run>,
     pub agent: Vec<AgentWindow>,
     /// Summed over the B runs, by program.
     pub programs: BTreeMap<String, RunStats>,
@@ -71,9 +76,14 @@ pub fn run(bin: &Path, target: &Target, rounds: u32, exits: u64) -> Result<ExitS
     // Untimed: the first storm pays for cold caches and page tables the others find warm.
     println!("  warm-up storm ({} exits, not counted)", exits / 10);
     storm::run(target, exits / 10)?;
+    let baseline = bpftrace::available();
+    if !baseline {
+        println!("  bpftrace not installed: no count-only baseline (C) runs");
+    }
     let mut out = ExitStorm {
         a: Vec::new(),
         b: Vec::new(),
+        c: Vec::new(),
         agent: Vec::new(),
         programs: BTreeMap::new(),
     };
@@ -95,6 +105,14 @@ pub fn run(bin: &Path, target: &Target, rounds: u32, exits: u64) -> Result<ExitS
         out.agent.push(window);
         for (name, stats) in programs {
             out.programs.entry(name).or_default().add(stats);
+        }
+        if baseline {
+            let counter = bpftrace::CountOnly::start()?;
+            wait_for_quiet(Some(counter.pid()), &mut wait_budget)?;
+            let c = measured_storm(target, exits, Some(counter.pid()))?;
+            drop(counter);
+            print_run(&format!("round {round}/{rounds} C (bpftrace)"), &c, None);
+            out.c.push(c);
         }
     }
     Ok(out)

@@ -18,6 +18,7 @@
 //! also the hidden subcommand this binary re-executes itself as.
 
 mod agent_proc;
+mod bpftrace;
 mod exit_storm;
 mod host;
 mod idle;
@@ -46,6 +47,8 @@ struct Options {
     storm_cpu: Option<usize>,
     /// Only the traffic phase.
     traffic_only: bool,
+    /// Only phases 1 and 2 (the exit storm and the programs' run time).
+    exit_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -73,6 +76,7 @@ fn parse(args: &[String]) -> Result<Option<Options>> {
         exits: DEFAULT_EXITS,
         storm_cpu: default_storm_cpu(),
         traffic_only: false,
+        exit_only: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -88,12 +92,13 @@ fn parse(args: &[String]) -> Result<Option<Options>> {
             }
             "--only" => match value("--only")?.as_str() {
                 "traffic" => options.traffic_only = true,
-                other => bail!("--only {other:?}: only `traffic` can run alone"),
+                "exit" => options.exit_only = true,
+                other => bail!("--only {other:?}: `traffic` or `exit` can run alone"),
             },
             "-h" | "--help" => {
                 println!(
                     "usage: gracewatch-bench [--rounds N (default {DEFAULT_ROUNDS})] [--exits N (default {DEFAULT_EXITS})]\n\
-                     \x20                       [--storm-cpu N|none (default: the last CPU)] [--only traffic]\n\
+                     \x20                       [--storm-cpu N|none (default: the last CPU)] [--only traffic|exit]\n\
                      Run as root. The agent binary is $GRACEWATCH_BIN, else target/release/gracewatch."
                 );
                 return Ok(None);
@@ -135,17 +140,26 @@ fn bench(options: &Options) -> Result<()> {
             bin.display()
         );
     }
-    let command = if options.rounds == DEFAULT_ROUNDS {
+    let mut command = if options.rounds == DEFAULT_ROUNDS {
         "sudo cargo xtask bench".to_owned()
     } else {
         format!("sudo cargo xtask bench --rounds {}", options.rounds)
     };
+    if options.exit_only {
+        command += " --only exit";
+    }
     let storm_cpu = options
         .storm_cpu
         .map_or_else(|| "none".to_owned(), |c| c.to_string());
     let invocation = format!(
-        "gracewatch-bench --rounds {} --exits {} --storm-cpu {storm_cpu}",
-        options.rounds, options.exits
+        "gracewatch-bench --rounds {} --exits {} --storm-cpu {storm_cpu}{}",
+        options.rounds,
+        options.exits,
+        if options.exit_only {
+            " --only exit"
+        } else {
+            ""
+        }
     );
     let load_before = sys::loadavg();
     println!("Gracewatch benchmark");
@@ -209,12 +223,16 @@ fn bench(options: &Options) -> Result<()> {
     println!("   signal, exit and exec on the host, traced or filtered out, so this is per run)");
     report::print_programs("during the B runs of the exit storm:", &exit.programs);
     // Later phases may fail; what was measured so far still goes into BENCH_JSON.
-    let paused = exit_storm::paused_reader(&bin, &target, options.exits);
-    if let Ok(paused) = &paused {
+    let paused = if options.exit_only {
+        Ok(None)
+    } else {
+        exit_storm::paused_reader(&bin, &target, options.exits).map(Some)
+    };
+    if let Ok(Some(paused)) = &paused {
         report::print_paused_reader(paused, &exit.programs);
     }
     // An error here is most likely a stop signal: then there is no point going on.
-    let signal = paused.is_ok().then(|| signal_phase(&bin, init_pid));
+    let signal = (paused.is_ok() && !options.exit_only).then(|| signal_phase(&bin, init_pid));
     let idle = signal
         .as_ref()
         .is_some_and(Result::is_ok)
@@ -255,7 +273,7 @@ fn bench(options: &Options) -> Result<()> {
     let mut doc = report::json(
         header,
         (&exit, &figures),
-        paused.as_ref().ok(),
+        paused.as_ref().ok().and_then(Option::as_ref),
         signal.as_ref().ok().and_then(Option::as_ref),
     );
     if let Ok(Some(idle)) = &idle {

@@ -55,6 +55,8 @@ pub struct ExitFigures {
     pub cpu_ratio_of_medians: f64,
     /// Over every round, clean or not, for comparison.
     pub cpu_ratio_median_all: f64,
+    /// Storm CPU C/A (count-only bpftrace), median of per-round ratios; None without C runs.
+    pub bpftrace_cpu_ratio_median: Option<f64>,
     pub wall_ratios: Vec<f64>,
     /// Slowest storm without the agent: does the storm reach the rate floor at all?
     pub min_rate_a: f64,
@@ -122,6 +124,13 @@ impl ExitFigures {
             cpu_ratios,
             cpu_ratio_of_medians: median(&b_cpu) / median(&a_cpu),
             cpu_ratio_median_all: median(&all_ratios),
+            bpftrace_cpu_ratio_median: (s.c.len() == s.a.len()).then(|| {
+                let ratios: Vec<f64> = used
+                    .iter()
+                    .map(|&i| s.c[i].storm.cpu_s() / s.a[i].storm.cpu_s())
+                    .collect();
+                median(&ratios)
+            }),
             wall_ratios,
             min_rate_a: rates(&a),
             min_rate_b: rates(&b),
@@ -197,6 +206,13 @@ pub fn print_exit_storm(s: &ExitStorm, f: &ExitFigures) {
         s.a.len(),
         f.cpu_ratio_median_all
     );
+    match f.bpftrace_cpu_ratio_median {
+        Some(c) => println!(
+            "    storm CPU time C/A under a count-only bpftrace, median: {c:.4}; B no worse than C: {}",
+            verdict(f.cpu_ratio_median <= c)
+        ),
+        None => println!("    no count-only bpftrace baseline (bpftrace not installed)"),
+    }
     println!(
         "    storm wall time B/A (not gated): median {:.4}, min {:.4}, max {:.4}",
         median(&f.wall_ratios),
@@ -403,6 +419,8 @@ pub fn json(
         "min_exits_per_s_a": f.min_rate_a,
         "min_exits_per_s_b": f.min_rate_b,
         "cpu_ratio_median_all_rounds": f.cpu_ratio_median_all,
+        "c_bpftrace_count_only": s.c.iter().map(run).collect::<Vec<_>>(),
+        "bpftrace_cpu_ratio_median": f.bpftrace_cpu_ratio_median,
         "host_busy_beyond_storm_cores_a_b": f.busy_beyond_storm_cores,
         "cpu_ratio_median_of_ratios": f.cpu_ratio_median,
         "cpu_ratio_of_medians": f.cpu_ratio_of_medians,
@@ -429,6 +447,9 @@ pub fn json(
         json!(f.agent_ns_per_event <= AGENT_NS_PER_EVENT_TARGET);
     doc["targets"]["exit_storm_no_loss_met"] = json!(f.lost_b == 0.0);
     doc["targets"]["bpf_ns_per_run_exit_storm_met"] = json!(bpf_ok);
+    if let Some(c) = f.bpftrace_cpu_ratio_median {
+        doc["targets"]["cpu_ratio_no_worse_than_bpftrace_met"] = json!(f.cpu_ratio_median <= c);
+    }
     if let Some(s) = signal {
         doc["signal_storm"] = json!({
             "steps": s.steps.iter().map(|st| json!({
