@@ -422,7 +422,7 @@ fn rolling_update_and_scale_down_are_told_apart() {
         .to_string();
     assert_eq!(
         evidence,
-        "cause rollout: ReplicaSet web-7d4b9c8f6 is revision 1 of Deployment web, which is at revision 2: a rolling update replaced the pod"
+        "rollout: ReplicaSet web-7d4b9c8f6 is revision 1 of Deployment web, which is at revision 2: a rolling update replaced the pod"
     );
     let s = pod_termination(&agent, "api-2");
     assert_eq!(s["cause"], "scale_down", "{s:#}");
@@ -433,15 +433,14 @@ fn rolling_update_and_scale_down_are_told_apart() {
         .unwrap_or_default()
         .to_string();
     assert!(
-        evidence
-            .starts_with("cause scale_down: ReplicaSet api-7d4b9c8f6's replicas were set to 1 at "),
+        evidence.starts_with("scale_down: ReplicaSet api-7d4b9c8f6's replicas were set to 1 at "),
         "{evidence}"
     );
     let db = pod_termination(&agent, "db-0");
     assert_eq!(db["cause"], "rollout", "{db:#}");
     assert!(
         db["timeline"].as_array().is_some_and(|es| es.iter().any(|e| e["detail"]
-            == "cause rollout: the pod is at revision db-1; StatefulSet db is updating to db-2: a rolling update replaced it")),
+            == "rollout: the pod is at revision db-1; StatefulSet db is updating to db-2: a rolling update replaced it")),
         "{db:#}"
     );
 
@@ -507,7 +506,7 @@ fn an_eviction_is_named_from_the_disruption_condition() {
     assert!(
         t["timeline"].as_array().is_some_and(|es| es.iter().any(|e| e["what"] == "cause"
             && e["detail"]
-                == "cause eviction: pod condition DisruptionTarget, reason EvictionByEvictionAPI: Eviction API: evicting")),
+                == "eviction: pod condition DisruptionTarget, reason EvictionByEvictionAPI: Eviction API: evicting")),
         "{t:#}"
     );
     assert_eq!(codes(&t), ["SIGTERM_IGNORED", "FORCED_KILL"], "{t:#}");

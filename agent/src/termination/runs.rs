@@ -67,7 +67,7 @@ pub(super) fn cause_entry(
         at: clock.rfc3339(at_ns),
         what: "cause".into(),
         container: container.map(str::to_string),
-        detail: format!("cause {}: {}", cause.cause, cause.evidence),
+        detail: format!("{}: {}", cause.cause, cause.evidence),
         at_ns,
     }
 }
