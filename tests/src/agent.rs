@@ -128,6 +128,24 @@ impl Agent {
         self.log_text()
     }
 
+    /// The agent process's resident memory (VmRSS), in bytes.
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .context("no VmRSS")?
+            .trim()
+            .parse()?;
+        Ok(kib * 1024)
+    }
+
+    /// Whether the agent process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -179,6 +197,36 @@ impl Agent {
             &format!("/debug/terminations/container/{container_id}"),
             timeout,
         )
+    }
+
+    /// Waits until the record of run `n` of the pod's `container` (its `restart_count`
+    /// after that run ended) is completed, and returns it.
+    pub fn wait_restart(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        n: i64,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ts = self.terminations_of_pod(namespace, pod)?;
+            if let Some(t) = ts.iter().find(|t| {
+                t["state"] == "completed"
+                    && t["restarted_container"] == container
+                    && t["restart_count"] == n
+            }) {
+                return Ok(t.clone());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no record of restart {n} of {container} in {namespace}/{pod}: {ts:#?}\nagent log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Waits until a termination of the pod, in progress or not, shows a timeline entry

@@ -59,25 +59,9 @@ fn assert_event(e: &Value, pod: &str, container: Option<&str>, note_starts: &str
 
 /// The completed record of run `n` (restartCount `n` after it) of `container`.
 fn wait_run(agent: &Agent, pod: &str, container: &str, n: i64) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let ts = agent
-            .terminations_of_pod("shop", pod)
-            .expect("terminations");
-        if let Some(t) = ts.iter().find(|t| {
-            t["state"] == "completed"
-                && t["restarted_container"] == container
-                && t["restart_count"] == n
-        }) {
-            return t.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no record of restart {n} of {container}: {ts:#?}\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    agent
+        .wait_restart("shop", pod, container, n, WAIT)
+        .expect("restart record")
 }
 
 fn message<'a>(t: &'a Value, code: &str) -> &'a str {

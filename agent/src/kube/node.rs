@@ -56,6 +56,10 @@ pub struct ApiPodState {
     waiting_seen: HashMap<String, String>,
     /// Why the pod's owner stopped it, once read (see `owners`).
     pub owner_verdict: Option<OwnerVerdict>,
+    /// The pod left the API while the pods watch was down (the API server unreachable):
+    /// from when the watch failed to the relist that found it gone. Its removal, and its
+    /// deletion unless `deletion_ns` was seen before, happened in between, unobserved.
+    pub gone_unseen: Option<(u64, u64)>,
 }
 
 /// What the pod's owners said about its deletion: the cause and the evidence.
@@ -80,6 +84,7 @@ impl ApiPodState {
             waiting_seen: HashMap::new(),
             run_restart_counts: HashMap::new(),
             owner_verdict: None,
+            gone_unseen: None,
         }
     }
 
@@ -215,9 +220,17 @@ pub struct NodeView {
     /// Pod IP → pod uid.
     by_ip: HashMap<String, String>,
     removed: VecDeque<String>,
+    /// Since when the pods watch has been failing (boot clock), until it works again.
+    down_since: Option<u64>,
 }
 
 impl NodeView {
+    /// Since when the pods watch has been down (the API server unreachable, or the watch
+    /// failing): what the API says about this node's pods is not seen until it is back.
+    pub fn api_down_since(&self) -> Option<u64> {
+        self.down_since
+    }
+
     pub fn get(&self, uid: &str) -> Option<&ApiPodState> {
         self.by_uid.get(uid)
     }
@@ -244,7 +257,25 @@ impl NodeView {
             KubeUpdate::PodRemoved { uid, at_ns } => {
                 vec![self.remove(&uid, at_ns, clock, "pod removed from the API")]
             }
+            KubeUpdate::PodsWatch { up, at_ns } => {
+                // Back without a relist: the watch replays what changed meanwhile.
+                self.down_since = match (up, self.down_since) {
+                    (true, _) => None,
+                    (false, since) => since.or(Some(at_ns)),
+                };
+                vec![PodChange::None]
+            }
             KubeUpdate::PodsListed { uids, at_ns } => {
+                let outage = self.down_since.take().map(|from| (from, at_ns));
+                let why = match outage {
+                    Some((from, _)) => format!(
+                        "pod gone from the API at the relist after the pods watch was down since {} (API server unreachable): it was removed in between, when is not known; its deletion and removal were not observed",
+                        clock.rfc3339(from)
+                    ),
+                    None => {
+                        "pod gone from the API (removed while the watch was reconnecting)".into()
+                    }
+                };
                 let gone: Vec<String> = self
                     .by_uid
                     .iter()
@@ -253,12 +284,10 @@ impl NodeView {
                     .collect();
                 gone.iter()
                     .map(|uid| {
-                        self.remove(
-                            uid,
-                            at_ns,
-                            clock,
-                            "pod gone from the API (removed while the watch was reconnecting)",
-                        )
+                        if let Some(p) = self.by_uid.get_mut(uid) {
+                            p.gone_unseen = outage;
+                        }
+                        self.remove(uid, at_ns, clock, &why)
                     })
                     .collect()
             }
@@ -439,13 +468,19 @@ impl NodeView {
             return PodChange::Updated(uid);
         };
         let grace = pod.effective_grace_seconds();
-        let (at, before_agent) = deletion_requested_ns(deadline, grace, first_sight, at_ns, clock);
+        // First seen deleting in the relist after an outage: deleted while the API
+        // server was unreachable, at the time the API gives (not the arrival), and
+        // not before the watch went down.
+        let outage = self.down_since.filter(|_| !first_sight);
+        let from_api = first_sight || outage.is_some();
+        let (at, _) = deletion_requested_ns(deadline, grace, from_api, at_ns, clock);
+        let at = outage.map_or(at, |from| at.max(from).min(at_ns));
         p.deletion_ns = Some(at);
-        p.deleted_before_agent = before_agent;
-        let how = if before_agent {
-            "before the agent started; time from the API, whole seconds"
-        } else {
-            "watch"
+        p.deleted_before_agent = first_sight;
+        let how = match (first_sight, outage) {
+            (true, _) => "before the agent started; time from the API, whole seconds",
+            (false, Some(_)) => "while the API server was unreachable, seen at the relist; time from the API, whole seconds",
+            (false, None) => "watch",
         };
         let finalizers = if pod.finalizers.is_empty() {
             String::new()
@@ -734,6 +769,89 @@ mod tests {
             .filter(|e| e.what == "restarted_status")
             .count();
         assert_eq!(ends, 2);
+    }
+
+    #[test]
+    fn an_outage_ends_with_the_relist_and_says_what_was_not_observed() {
+        let clock = Clock::with_offset_ns(0);
+        let mut v = NodeView::default();
+        let other = |deleting: bool| {
+            let mut p = (*pod(deleting)).clone();
+            p.uid = "u2".into();
+            p.ips = vec!["10.1.0.8".into()];
+            p.containers[0].container_id = Some("c2".into());
+            Arc::new(p)
+        };
+        for p in [pod(false), other(false)] {
+            v.apply(KubeUpdate::Pod { pod: p, at_ns: S }, &clock);
+        }
+        for at in [10, 20] {
+            let down = KubeUpdate::PodsWatch {
+                up: false,
+                at_ns: at * S,
+            };
+            assert_eq!(v.apply(down, &clock), [PodChange::None]);
+        }
+        assert_eq!(v.api_down_since(), Some(10 * S), "from the first failure");
+        // The relist: u2 is being deleted (requested at 100 s by the API's time, not at
+        // the arrival), u1 is gone.
+        let relisted = KubeUpdate::Pod {
+            pod: other(true),
+            at_ns: 200 * S,
+        };
+        assert_eq!(
+            v.apply(relisted, &clock),
+            [PodChange::Deleting("u2".into())]
+        );
+        let u2 = v.get("u2").expect("u2");
+        assert_eq!(u2.deletion_ns, Some(100 * S));
+        assert!(!u2.deleted_before_agent);
+        let entry = u2
+            .timeline_since(0)
+            .find(|e| e.what == "deletion_requested")
+            .expect("deletion");
+        assert!(
+            entry
+                .detail
+                .contains("while the API server was unreachable"),
+            "{}",
+            entry.detail
+        );
+        let listed = KubeUpdate::PodsListed {
+            uids: HashSet::from(["u2".to_string()]),
+            at_ns: 200 * S,
+        };
+        assert_eq!(v.apply(listed, &clock), [PodChange::Removed("u1".into())]);
+        assert_eq!(v.api_down_since(), None, "the relist ends it");
+        let u1 = v.get("u1").expect("u1 kept a while");
+        assert_eq!(u1.gone_unseen, Some((10 * S, 200 * S)));
+        assert_eq!(u1.deletion_ns, None, "no deletion time invented");
+        let removed = u1
+            .timeline_since(0)
+            .find(|e| e.what == "pod_removed")
+            .expect("removal");
+        assert!(
+            removed.detail.contains("were not observed"),
+            "{}",
+            removed.detail
+        );
+        assert_eq!(v.get("u2").and_then(|p| p.gone_unseen), None);
+        // A watch that resumes without a relist ends it too.
+        v.apply(
+            KubeUpdate::PodsWatch {
+                up: false,
+                at_ns: 300 * S,
+            },
+            &clock,
+        );
+        v.apply(
+            KubeUpdate::PodsWatch {
+                up: true,
+                at_ns: 301 * S,
+            },
+            &clock,
+        );
+        assert_eq!(v.api_down_since(), None);
     }
 
     #[test]

@@ -48,8 +48,13 @@ pub enum KubeUpdate {
     Pod { pod: Arc<ApiPod>, at_ns: u64 },
     /// A pod left the API (deleted for good).
     PodRemoved { uid: String, at_ns: u64 },
-    /// After a (re)list: the complete set of this node's pods; any other is gone.
+    /// After a (re)list: the complete set of this node's pods; any other is gone. The
+    /// pods watch works (again).
     PodsListed { uids: HashSet<String>, at_ns: u64 },
+    /// The pods watch failed (`up: false`, sent on the first failure in a row: the API
+    /// server may be unreachable, and what it says is not seen until it works again),
+    /// or resumed without a relist (`up: true`, before the first change it delivers).
+    PodsWatch { up: bool, at_ns: u64 },
     /// An endpoint of one of this node's pods changed (`None`: removed from the slice).
     Endpoint {
         pod_uid: String,
@@ -253,9 +258,16 @@ async fn pods(watch: Watch, node: String, known: Arc<RwLock<HashSet<String>>>) {
     let mut retry = Retry::new("pods", policy);
     let mut listing: Option<HashSet<String>> = None;
     let mut events: HashMap<String, JoinHandle<()>> = HashMap::new();
+    // The watch failed and has not worked since: a relist's end or a change says it does.
+    let mut down = false;
     while let Some(item) = stream.next().await {
         retry.saw(&item);
         let at_ns = boot_now_ns();
+        if let Some(up) = watch_state_change(&mut down, &item) {
+            if tx.send(KubeUpdate::PodsWatch { up, at_ns }).await.is_err() {
+                break;
+            }
+        }
         let update = match item {
             Ok(watcher::Event::Init) => {
                 listing = Some(HashSet::new());
@@ -351,6 +363,32 @@ async fn pods(watch: Watch, node: String, known: Arc<RwLock<HashSet<String>>>) {
     }
     for (_, h) in events {
         h.abort();
+    }
+}
+
+/// Whether the pods watch went down or came back with `item`, tracked in `down`: down
+/// at the first failure in a row; back at a change (a watch resumed where it was). The
+/// end of a relist (`InitDone`) brings it back too, but says so itself (`PodsListed`);
+/// the pods listed before it are not the sign, since the pods missing from the list are
+/// not known until its end.
+fn watch_state_change<K>(
+    down: &mut bool,
+    item: &Result<watcher::Event<K>, watcher::Error>,
+) -> Option<bool> {
+    match item {
+        Err(_) if !*down => {
+            *down = true;
+            Some(false)
+        }
+        Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) if *down => {
+            *down = false;
+            Some(true)
+        }
+        Ok(watcher::Event::InitDone) => {
+            *down = false;
+            None
+        }
+        _ => None,
     }
 }
 
@@ -779,6 +817,30 @@ mod tests {
             .take_while(|_| true)
             .sum();
         assert!(in_30s > 30.0, "at most 6 attempts in the first 30 s");
+    }
+
+    #[test]
+    fn the_pods_watch_is_down_from_its_first_failure_until_it_delivers_again() {
+        type Item = Result<watcher::Event<Pod>, watcher::Error>;
+        let mut down = false;
+        let failed = || Err::<watcher::Event<Pod>, _>(watcher::Error::NoResourceVersion);
+        let steps: [(Item, Option<bool>); 8] = [
+            (Ok(watcher::Event::Apply(Pod::default())), None),
+            // Said once, however many failures follow.
+            (failed(), Some(false)),
+            (Ok(watcher::Event::Init), None),
+            (failed(), None),
+            // A relist under way is not the sign; its end says so (PodsListed).
+            (Ok(watcher::Event::InitApply(Pod::default())), None),
+            (Ok(watcher::Event::InitDone), None),
+            (failed(), Some(false)),
+            // A watch that resumed where it was: back before its first change.
+            (Ok(watcher::Event::Delete(Pod::default())), Some(true)),
+        ];
+        for (i, (item, want)) in steps.into_iter().enumerate() {
+            assert_eq!(watch_state_change(&mut down, &item), want, "step {i}");
+        }
+        assert!(!down);
     }
 
     #[test]

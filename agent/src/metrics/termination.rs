@@ -205,6 +205,7 @@ pub struct TerminationMetrics {
     container_restarts: Family<RestartLabels, Counter>,
     terminating_pods: Family<NamespaceLabels, Gauge>,
     stuck_terminating_pods: Family<NamespaceLabels, Gauge>,
+    waiting_for_api: Gauge,
     /// Namespaces the pod gauges were last set for (to zero them when they empty).
     gauge_namespaces: Mutex<Vec<String>>,
     /// Series of ended standalone containers, in the order they go.
@@ -229,6 +230,7 @@ impl TerminationMetrics {
             container_restarts: Family::default(),
             terminating_pods: Family::default(),
             stuck_terminating_pods: Family::default(),
+            waiting_for_api: Gauge::default(),
             gauge_namespaces: Mutex::new(Vec::new()),
             expiring: Mutex::new(VecDeque::new()),
             series_ttl_ns: AtomicU64::new(SERIES_TTL_NS),
@@ -303,7 +305,18 @@ impl TerminationMetrics {
             "Pods of this node still present past deletion + grace period + --stuck-margin",
             m.stuck_terminating_pods.clone(),
         );
+        registry.register(
+            "terminations_waiting_for_api",
+            "Termination and restart records held open while the API server is unreachable, until a relist says whether their pod was deleted (bounded in number and to 10 minutes each)",
+            m.waiting_for_api.clone(),
+        );
         m
+    }
+
+    /// How many records wait for the API server now.
+    pub fn held_for_api(&self, records: usize) {
+        self.waiting_for_api
+            .set(i64::try_from(records).unwrap_or(i64::MAX));
     }
 
     /// A pod's termination completed; `cause` and `outcome` are stable names.
@@ -514,7 +527,11 @@ mod tests {
         let series = |registry: &Registry| {
             let mut text = String::new();
             prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
-            text.lines().filter(|l| !l.starts_with('#')).count()
+            // Per-container series only: the gauge of records waiting for the API is
+            // always there.
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.starts_with("terminations_waiting"))
+                .count()
         };
         // 1,000 containers, 100 a second: each gets SIGTERM, ignores it, is SIGKILLed.
         let mut most = 0;

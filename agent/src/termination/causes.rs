@@ -89,6 +89,12 @@ pub fn pod_cause(pod: Option<&ApiPodState>, outcomes: &[Outcome]) -> Cause {
                 format!("the pod was deleted through the API{how}; nothing says who or why"),
             );
         }
+        if p.gone_unseen.is_some() {
+            return cause(
+                "delete",
+                "the pod left the API while the API server was unreachable: it was deleted, unobserved; nothing says who or why".into(),
+            );
+        }
     }
     outcome_cause(outcomes.first().copied(), None, None)
 }

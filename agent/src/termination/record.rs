@@ -28,6 +28,20 @@ use crate::{
 
 /// How long a signalled record of a pod not (yet) seen deleting waits for the deletion.
 pub(super) const DELETION_WAIT_NS: u64 = 3_000_000_000;
+/// How long after its end a record waits at most for an unreachable API server to say
+/// what happened to its pod (see [`api_wait`]).
+pub(super) const API_WAIT_MAX_NS: u64 = 600_000_000_000;
+/// How many records wait at once for an unreachable API server; more complete at once.
+pub(super) const API_HELD_MAX: usize = 256;
+
+/// What a record waiting on the API needs to know about it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct ApiWait {
+    /// Since when the pods watch has been down (the API server unreachable).
+    pub(super) down_since: Option<u64>,
+    /// Fewer than [`API_HELD_MAX`] records wait already.
+    pub(super) room: bool,
+}
 #[derive(Default)]
 pub(super) struct OpenRecord {
     pub(super) uid: Option<String>,
@@ -45,6 +59,8 @@ pub(super) struct OpenRecord {
     traffic: PodTrafficReport,
     /// Set for a container run's own record (a restart), not a pod's termination.
     pub(super) run: Option<Run>,
+    /// It waits for the API server to come back ([`Hold::ApiUnreachable`]).
+    held_for_api: bool,
 }
 
 pub(super) struct Records {
@@ -92,6 +108,76 @@ pub(super) enum Hold {
     AwaitingDeletion,
     /// A container run's record waits for the status and Events about its restart.
     RestartPending,
+    /// It would complete for lack of the API's word (no deletion, no status showing the
+    /// run's end), but the API server is unreachable: it waits for the relist.
+    ApiUnreachable,
+}
+
+/// Why a record that would complete now (`hold` is `None`) for lack of the API's word
+/// (`lacking`) waits instead: the API server is unreachable (`api.down_since`), and it
+/// has waited less than [`API_WAIT_MAX_NS`] since its end, with room among the records
+/// waiting. Otherwise `hold` stands.
+pub(super) fn api_wait(
+    hold: Option<Hold>,
+    lacking: bool,
+    api: ApiWait,
+    finished_ns: Option<u64>,
+    now_ns: u64,
+) -> Option<Hold> {
+    let young = finished_ns.is_none_or(|f| now_ns < f.saturating_add(API_WAIT_MAX_NS));
+    match hold {
+        None if lacking && api.down_since.is_some() && api.room && young => {
+            Some(Hold::ApiUnreachable)
+        }
+        other => other,
+    }
+}
+
+/// The entry that says a record completed while the API server was unreachable, without
+/// what the API would have said: after the longest wait, or with too many waiting.
+fn completed_unreachable(
+    since: u64,
+    finished_ns: Option<u64>,
+    now_ns: u64,
+    clock: &Clock,
+) -> TimelineEntry {
+    let waited = finished_ns.is_some_and(|f| now_ns >= f.saturating_add(API_WAIT_MAX_NS));
+    let why = if waited {
+        format!("after waiting {}s for it", API_WAIT_MAX_NS / 1_000_000_000)
+    } else {
+        format!("since {API_HELD_MAX} other records wait for it")
+    };
+    TimelineEntry {
+        at: clock.rfc3339(now_ns),
+        what: "api_unreachable".into(),
+        container: None,
+        detail: format!(
+            "completed without the API's word, {why}: the API server has been unreachable since {} (pods watch down), so whether the pod was deleted, and its status and kubelet's Events, are not known",
+            clock.rfc3339(since)
+        ),
+        at_ns: now_ns,
+    }
+}
+
+/// The entry that says what was not seen of a pod that left the API while the pods
+/// watch was down (`from` → `to`, the relist that found it gone).
+fn gone_unseen(pod: &ApiPodState, (from, to): (u64, u64), clock: &Clock) -> TimelineEntry {
+    let what = if pod.deletion_ns.is_some() {
+        "its removal"
+    } else {
+        "its deletion (when, with what grace period) and removal"
+    };
+    TimelineEntry {
+        at: clock.rfc3339(from),
+        what: "api_unreachable".into(),
+        container: None,
+        detail: format!(
+            "API server unreachable from {} to {} (pods watch down, then relisted): the pod left the API in between; {what}, kubelet's Events and endpoint changes in that time were not observed",
+            clock.rfc3339(from),
+            clock.rfc3339(to)
+        ),
+        at_ns: from,
+    }
 }
 
 /// Whether a record can complete now. `pod`: its pod's (deletion seen, removed) state,
@@ -213,6 +299,19 @@ impl Records {
     /// Runs of its containers that were signalled and are still open were the start of
     /// this termination (the deletion was seen late): they join its record.
     pub(super) fn open_pod(&mut self, pod: &ApiPodState) {
+        self.adopt_runs(pod, true);
+    }
+
+    /// A pod that left the API without its deletion being seen (the pods watch was
+    /// down): its signalled runs still open were its termination, not restarts. Returns
+    /// whether it had any (its record is open then).
+    pub(super) fn pod_gone_unseen(&mut self, pod: &ApiPodState) -> bool {
+        self.adopt_runs(pod, false)
+    }
+
+    /// Opens the pod's record with its signalled runs still open; `always`: even with
+    /// none. Returns whether it opened one.
+    fn adopt_runs(&mut self, pod: &ApiPodState, always: bool) -> bool {
         let uid = pod.pod.uid.clone();
         let early: Vec<String> = self
             .open
@@ -220,6 +319,9 @@ impl Records {
             .filter(|(_, r)| r.run.is_some() && r.signalled && r.uid.as_deref() == Some(&uid))
             .map(|(k, _)| k.clone())
             .collect();
+        if early.is_empty() && !always {
+            return false;
+        }
         let mut merged: Vec<OpenRecord> =
             early.iter().filter_map(|k| self.open.remove(k)).collect();
         let rec = self.open.entry(uid).or_default();
@@ -239,6 +341,12 @@ impl Records {
         rec.uid = Some(pod.pod.uid.clone());
         rec.started_ns = pod.deletion_ns.or(rec.started_ns);
         rec.workload = Workload::new(&pod.pod.namespace, &pod.pod.workload);
+        true
+    }
+
+    /// Whether `key`'s record waits for the API server to come back.
+    pub(super) fn held_for_api(&self, key: &str) -> bool {
+        self.open.get(key).is_some_and(|r| r.held_for_api)
     }
 
     /// The traffic that reached `key`'s pod so far.
@@ -332,11 +440,13 @@ impl Records {
     }
 
     /// Completes `key`'s record when nothing of it is pending any more; true if it did.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn try_complete(
         &mut self,
         key: &str,
         others_pending: bool,
         pod: Option<&ApiPodState>,
+        api: ApiWait,
         now_ns: u64,
         metrics: &TerminationMetrics,
         clock: &Clock,
@@ -345,6 +455,15 @@ impl Records {
             return false;
         };
         let pod_state = pod.map(|p| (p.deletion_ns.is_some(), p.removed_ns.is_some()));
+        // What only the API can say: whether the pod is being deleted (a signalled
+        // record), or that a run ended and why (a run's record).
+        let lacking = match (&rec.run, pod) {
+            (Some(run), Some(p)) => {
+                p.removed_ns.is_none() && p.ended_seen_ns(&run.container_id).is_none()
+            }
+            (None, Some(p)) => rec.signalled && p.deletion_ns.is_none() && p.removed_ns.is_none(),
+            (_, None) => false,
+        };
         let hold = match (&rec.run, pod) {
             // Runs of one container complete in the order they ended: each one's
             // timeline starts where the previous one's ended, and its restart history
@@ -366,12 +485,20 @@ impl Records {
                 now_ns,
             ),
         };
-        if hold.is_some() {
+        let hold = api_wait(hold, lacking, api, rec.finished_ns, now_ns);
+        if let Some(h) = hold {
+            if let Some(rec) = self.open.get_mut(key) {
+                rec.held_for_api = h == Hold::ApiUnreachable;
+            }
             return false;
         }
-        let Some(rec) = self.open.remove(key) else {
+        let Some(mut rec) = self.open.remove(key) else {
             return false;
         };
+        if let (true, Some(since)) = (lacking, api.down_since) {
+            rec.timeline
+                .push(completed_unreachable(since, rec.finished_ns, now_ns, clock));
+        }
         let t = match (&rec.run, pod) {
             (Some(_), Some(p)) => self.runs.complete(rec, p, metrics, clock, now_ns),
             _ => complete(rec, pod, metrics, clock),
@@ -489,6 +616,9 @@ pub(super) fn complete(
                 }),
         );
     }
+    if let Some((p, outage)) = pod.and_then(|p| Some((p, p.gone_unseen?))) {
+        rec.timeline.push(gone_unseen(p, outage, clock));
+    }
     join::merge_timeline(
         &mut rec.timeline,
         pod,
@@ -580,6 +710,46 @@ mod tests {
                 want,
                 "case {i}"
             );
+        }
+    }
+
+    #[test]
+    fn a_record_lacking_the_apis_word_waits_while_it_is_unreachable() {
+        let down = ApiWait {
+            down_since: Some(S),
+            room: true,
+        };
+        let f = Some(2 * S);
+        let limit = 2 * S + API_WAIT_MAX_NS;
+        // (hold, lacking the API's word, api, now) → hold
+        let cases = [
+            (None, true, down, limit - 1, Some(Hold::ApiUnreachable)),
+            // At most API_WAIT_MAX_NS after its end, and while there is room.
+            (None, true, down, limit, None),
+            (
+                None,
+                true,
+                ApiWait {
+                    room: false,
+                    ..down
+                },
+                3 * S,
+                None,
+            ),
+            // The API is up, or has nothing to say about it: no wait.
+            (None, true, ApiWait::default(), 3 * S, None),
+            (None, false, down, 3 * S, None),
+            // Other holds stand.
+            (
+                Some(Hold::PodPending),
+                true,
+                down,
+                limit,
+                Some(Hold::PodPending),
+            ),
+        ];
+        for (i, (hold, lacking, api, now, want)) in cases.into_iter().enumerate() {
+            assert_eq!(api_wait(hold, lacking, api, f, now), want, "case {i}");
         }
     }
 

@@ -11,7 +11,7 @@ use std::{
 
 use super::{
     container::{on_deliver, on_exec, on_exit, on_signal, ContainerTrack},
-    record::Records,
+    record::{ApiWait, Records, API_HELD_MAX},
     views,
 };
 use crate::{
@@ -272,7 +272,16 @@ impl Tracker {
                     self.watch_traffic(&uid);
                 }
                 PodChange::Removed(uid) => {
-                    self.try_complete(&uid, now_ns);
+                    // Deleted and removed while the API server was unreachable: the
+                    // stops seen meanwhile were the pod's termination, not restarts.
+                    if let Some(p) = self
+                        .view
+                        .get(&uid)
+                        .filter(|p| p.gone_unseen.is_some() && p.deletion_ns.is_none())
+                    {
+                        self.records.pod_gone_unseen(p);
+                    }
+                    self.try_complete(&uid, now_ns, true);
                     self.traffic.gone(&uid);
                 }
             }
@@ -331,7 +340,9 @@ impl Tracker {
         }
     }
 
-    fn try_complete(&mut self, key: &str, now_ns: u64) {
+    /// Completes `key`'s record if nothing holds it; `room`: it may wait for an
+    /// unreachable API server (fewer than the most that may are waiting).
+    fn try_complete(&mut self, key: &str, now_ns: u64, room: bool) {
         let others_pending = self
             .containers
             .values()
@@ -349,6 +360,10 @@ impl Tracker {
             key,
             others_pending,
             self.view.get(uid),
+            ApiWait {
+                down_since: self.view.api_down_since(),
+                room,
+            },
             now_ns,
             &self.metrics,
             &self.clock,
@@ -440,10 +455,14 @@ impl Tracker {
             self.dirty = true;
         }
         // Records (new ones, and those held back, e.g. waiting for a deletion) complete
-        // in the order they finished.
+        // in the order they finished. While the API server is unreachable, the first
+        // API_HELD_MAX that need its word wait for it; any more complete without.
+        let mut held = 0;
         for key in self.records.open_keys() {
-            self.try_complete(&key, now_ns);
+            self.try_complete(&key, now_ns, held < API_HELD_MAX);
+            held += usize::from(self.records.held_for_api(&key));
         }
+        self.metrics.held_for_api(held);
         let pods = views::terminating_by_namespace(&self.view, now_ns, self.opts.stuck_margin_ns);
         // A stuck pod's view changes as time passes.
         self.dirty |= pods.values().any(|(_, stuck)| *stuck > 0);
@@ -546,6 +565,19 @@ mod tests {
         t
     }
 
+    /// The testkit container, started at 0, SIGTERMed by the runtime at 1 s, exits 0 at
+    /// `exit_ms`.
+    fn stopped(t: &mut Tracker, exit_ms: u64) {
+        let c = container();
+        for e in [
+            exec(0, P1, 1, "app"),
+            signal(1000, P1, 1, "app", 15, RUNC, sig_result::DELIVERED),
+            exit(exit_ms, P1, 1, "app", 0),
+        ] {
+            t.handle(&c, &e);
+        }
+    }
+
     fn last(t: &mut Tracker, now_ms: u64) -> Option<Arc<Termination>> {
         t.tick(now_ms * MS);
         t.snapshot(now_ms * MS)
@@ -602,14 +634,7 @@ mod tests {
                 },
                 990 * MS,
             );
-            let c = container();
-            for e in [
-                exec(0, P1, 1, "app"),
-                signal(1000, P1, 1, "app", 15, RUNC, sig_result::DELIVERED),
-                exit(1050, P1, 1, "app", 0),
-            ] {
-                t.handle(&c, &e);
-            }
+            stopped(&mut t, 1050);
             // kubelet starts the next run in the same sync: the status swaps ids.
             t.kube(pod_update(&b, 1, last, 1100), 1100 * MS);
             assert!(
@@ -699,6 +724,128 @@ mod tests {
         assert_eq!(term.restarted_container.as_deref(), Some("app"), "{term:?}");
         assert_eq!(term.cause.as_deref(), Some("crash"));
         assert_eq!(term.containers[0].exit_code, Some(3));
+    }
+
+    const UID: &str = "6f1c2d3e-1111-2222-3333-444455556666";
+
+    fn watch_down(t: &mut Tracker, at_ms: u64) {
+        t.kube(
+            KubeUpdate::PodsWatch {
+                up: false,
+                at_ns: at_ms * MS,
+            },
+            at_ms * MS,
+        );
+    }
+
+    fn relisted(t: &mut Tracker, pods: &[&str], at_ms: u64) {
+        t.kube(
+            KubeUpdate::PodsListed {
+                uids: pods.iter().map(|u| u.to_string()).collect(),
+                at_ns: at_ms * MS,
+            },
+            at_ms * MS,
+        );
+    }
+
+    /// The testkit pod's app: SIGTERM at 1 s, a graceful exit at 1.2 s, while the pods
+    /// watch has been down since 0.5 s.
+    fn stopped_while_unreachable() -> (Tracker, String) {
+        let a = "a".repeat(64);
+        let mut t = run(&[]);
+        t.kube(pod_update(&a, 0, None, 0), 0);
+        watch_down(&mut t, 500);
+        stopped(&mut t, 1200);
+        (t, format!("{UID}/{a}"))
+    }
+
+    #[test]
+    fn a_pod_deleted_while_the_api_server_is_unreachable_completes_at_the_relist() {
+        let (mut t, run_key) = stopped_while_unreachable();
+        // Long past the waits for a deletion (3 s) or a status (10 s): it waits on.
+        assert!(last_completed(&mut t, 120_000).is_none());
+        assert!(t.records.held_for_api(&run_key));
+        // The relist: the pod is gone. Its stop was its termination, not a restart.
+        relisted(&mut t, &[], 130_000);
+        let term = last_completed(&mut t, 130_050).expect("the pod's record");
+        assert_eq!(term.restarted_container, None, "{term:#?}");
+        assert_eq!(
+            (term.namespace.as_deref(), term.pod.as_deref()),
+            (Some("shop"), Some("web-1"))
+        );
+        assert_eq!(term.grace_period_seconds, Some(30.0));
+        assert_eq!(term.containers.len(), 1);
+        assert_eq!(term.containers[0].name.as_deref(), Some("app"));
+        assert_eq!(term.containers[0].outcome.as_deref(), Some("graceful"));
+        assert_eq!(term.containers[0].sigterm_to_exit_seconds, Some(0.2));
+        assert_eq!(term.cause.as_deref(), Some("delete"));
+        let whats: Vec<&str> = term.timeline.iter().map(|e| e.what.as_str()).collect();
+        assert!(
+            !whats.contains(&"deletion_requested"),
+            "nothing invented: {whats:?}"
+        );
+        let said = term
+            .timeline
+            .iter()
+            .find(|e| e.what == "api_unreachable")
+            .expect("the outage on the timeline");
+        assert_eq!(said.at_ns, 500 * MS, "from when the watch went down");
+        assert!(said.detail.contains("its deletion"), "{}", said.detail);
+        assert!(said.detail.contains("not observed"), "{}", said.detail);
+        assert_eq!(whats.iter().filter(|w| **w == "pod_removed").count(), 1);
+        assert!(term.diagnoses.is_empty(), "{:?}", term.diagnoses);
+        assert!(!t.records.held_for_api(&run_key));
+        let s = t.snapshot(130_100 * MS);
+        let done = s.map_or(0, |s| s.terminations.len());
+        assert!(done <= 1, "one record, not two");
+    }
+
+    #[test]
+    fn a_restart_while_the_api_server_is_unreachable_completes_with_the_status_after() {
+        let a = "a".repeat(64);
+        let b = "b".repeat(64);
+        let mut t = run(&[]);
+        t.kube(pod_update(&a, 0, None, 0), 0);
+        watch_down(&mut t, 500);
+        let c = container();
+        for e in [exec(0, P1, 1, "app"), exit(1000, P1, 1, "app", 3 << 8)] {
+            t.handle(&c, &e);
+        }
+        assert!(last_completed(&mut t, 60_000).is_none(), "held");
+        assert!(t.records.held_for_api(&format!("{UID}/{a}")));
+        // The relist shows the restart (the old run in lastState), then its end.
+        t.kube(pod_update(&b, 1, Some(&a), 90_000), 90_000 * MS);
+        relisted(&mut t, &[UID], 90_000);
+        let term = last_completed(&mut t, 91_600).expect("the run's record");
+        assert_eq!(term.restarted_container.as_deref(), Some("app"));
+        assert_eq!(term.cause.as_deref(), Some("crash"));
+        assert_eq!(term.restart_count, Some(1));
+        assert_eq!(term.containers[0].exit_code, Some(3));
+        assert!(
+            term.timeline.iter().all(|e| e.what != "api_unreachable"),
+            "the API had its say: {:?}",
+            term.timeline
+        );
+    }
+
+    #[test]
+    fn a_record_waits_for_the_api_server_ten_minutes_at_most() {
+        let (mut t, run_key) = stopped_while_unreachable();
+        let limit_ms = 1200 + super::super::record::API_WAIT_MAX_NS / MS;
+        assert!(last_completed(&mut t, limit_ms - 1).is_none());
+        assert!(t.records.held_for_api(&run_key));
+        let term = last_completed(&mut t, limit_ms).expect("completed without the API");
+        let said = term
+            .timeline
+            .iter()
+            .find(|e| e.what == "api_unreachable")
+            .expect("said why");
+        assert!(
+            said.detail.contains("after waiting 600s"),
+            "{}",
+            said.detail
+        );
+        assert!(term.timeline.iter().all(|e| e.what != "deletion_requested"));
     }
 
     fn last_completed(t: &mut Tracker, now_ms: u64) -> Option<Arc<Termination>> {
