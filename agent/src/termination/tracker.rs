@@ -748,6 +748,49 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_pod_is_not_called_stuck_while_the_api_server_is_unreachable() {
+        let a = "a".repeat(64);
+        let mut t = run(&[]);
+        t.kube(pod_update(&a, 0, None, 0), 0);
+        // Deleted at 1 s (grace 30 s, margin 30 s: stuck from 61 s if still there).
+        let KubeUpdate::Pod { pod, .. } = pod_update(&a, 0, None, 1_000) else {
+            unreachable!()
+        };
+        let mut deleting = (*pod).clone();
+        deleting.deletion_timestamp =
+            Some(time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(31));
+        deleting.deletion_grace_seconds = Some(30);
+        t.kube(
+            KubeUpdate::Pod {
+                pod: Arc::new(deleting.clone()),
+                at_ns: 1_000 * MS,
+            },
+            1_000 * MS,
+        );
+        let stuck_at = |t: &mut Tracker, now_ms: u64| {
+            t.tick(now_ms * MS);
+            t.snapshot(now_ms * MS).is_some_and(|s| {
+                s.terminations
+                    .iter()
+                    .any(|r| r.diagnoses.iter().any(|d| d.code == "STUCK_TERMINATING"))
+            })
+        };
+        watch_down(&mut t, 20_000);
+        // Its removal cannot be seen: not stuck as far as anyone knows.
+        assert!(!stuck_at(&mut t, 200_000));
+        // The relist shows it still there: stuck.
+        relisted(&mut t, &[UID], 210_000);
+        t.kube(
+            KubeUpdate::Pod {
+                pod: Arc::new(deleting),
+                at_ns: 210_000 * MS,
+            },
+            210_000 * MS,
+        );
+        assert!(stuck_at(&mut t, 211_000));
+    }
+
     /// The testkit pod's app: SIGTERM at 1 s, a graceful exit at 1.2 s, while the pods
     /// watch has been down since 0.5 s.
     fn stopped_while_unreachable() -> (Tracker, String) {

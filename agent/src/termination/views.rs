@@ -76,7 +76,8 @@ pub(super) fn in_progress(
             let uid = key.split('/').next().unwrap_or_default();
             if let Some(p) = view.get(uid) {
                 start = p.deletion_ns.or(start);
-                with_pod(&mut v, p, containers, start, clock, now_ns, stuck_margin_ns);
+                let seen = seen_until(view, now_ns);
+                with_pod(&mut v, p, containers, start, clock, seen, stuck_margin_ns);
             } else {
                 v.timeline.sort_by_key(|e| e.at_ns);
             }
@@ -117,6 +118,15 @@ fn with_pod(
     }
 }
 
+/// Until when the API's word about the node's pods is known: now, or when the pods watch
+/// went down. A pod is stuck only if it was still there when last seen past its
+/// deadline: while the API server is unreachable its removal cannot be seen, and every
+/// pod being deleted would otherwise turn "stuck" as the outage goes on.
+fn seen_until(view: &NodeView, now_ns: u64) -> u64 {
+    view.api_down_since()
+        .map_or(now_ns, |down| down.min(now_ns))
+}
+
 /// Terminating and stuck pods per namespace.
 pub(super) fn terminating_by_namespace(
     view: &NodeView,
@@ -124,10 +134,11 @@ pub(super) fn terminating_by_namespace(
     stuck_margin_ns: u64,
 ) -> BTreeMap<String, (i64, i64)> {
     let mut out: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let seen = seen_until(view, now_ns);
     for p in view.terminating() {
         let n = out.entry(p.pod.namespace.clone()).or_default();
         n.0 += 1;
-        if join::overdue_seconds(p, now_ns, stuck_margin_ns).is_some() {
+        if join::overdue_seconds(p, seen, stuck_margin_ns).is_some() {
             n.1 += 1;
         }
     }
