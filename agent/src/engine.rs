@@ -89,6 +89,7 @@ impl Engines {
             };
             let tx = self.tx.clone();
             let id = c.cgroup.container_id.clone();
+            let short = c.short_id().to_owned();
             let cgroup_id = c.cgroup_id;
             let socket = socket.clone();
             tokio::spawn(async move {
@@ -103,7 +104,7 @@ impl Engines {
                     // 404 from an engine that does not run it; anything else is only
                     // worth a debug line, since the id still names the container.
                     Err(e) => {
-                        tracing::debug!(socket = %socket.display(), id = %&id[..12], error = %e, "engine lookup")
+                        tracing::debug!(socket = %socket.display(), id = %short, error = %e, "engine lookup")
                     }
                 }
             });

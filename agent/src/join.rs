@@ -79,6 +79,18 @@ pub fn record_key(c: &CgroupContainer) -> String {
     }
 }
 
+/// Whether `c`'s [`record_key`] is `key`, without building it (asked for every tracked
+/// container each time a record may complete).
+pub fn is_record_key(c: &CgroupContainer, key: &str) -> bool {
+    match &c.cgroup.pod_uid {
+        Some(uid) => uid == key,
+        None => key
+            .strip_prefix(c.cgroup.container_id.as_str())
+            .and_then(|rest| rest.strip_prefix('@'))
+            .is_some_and(|id| id.parse::<u64>().ok() == Some(c.cgroup_id)),
+    }
+}
+
 /// The record a finished container goes to, and whether it is the container run's own:
 /// a named container of a pod that is not being deleted and is still in the API ended
 /// by itself or was killed by kubelet to be restarted, so its run gets a record of its
@@ -336,5 +348,43 @@ impl StuckFacts {
                 .map(|c| c.name.clone())
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attribution::cgroup_path;
+
+    fn container(path: &str, cgroup_id: u64) -> CgroupContainer {
+        CgroupContainer {
+            cgroup_id,
+            cgroup: cgroup_path::parse(path).expect("path"),
+            path: path.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_record_key_is_recognised_without_being_built() {
+        let id = "a".repeat(64);
+        let pod = container(
+            &format!("/kubepods/besteffort/pod6f1c2d3e-1111-2222-3333-444455556666/{id}"),
+            7,
+        );
+        let docker = container(&format!("/docker/{id}"), 9);
+        for c in [&pod, &docker] {
+            assert!(is_record_key(c, &record_key(c)), "{}", record_key(c));
+        }
+        assert!(
+            !is_record_key(&docker, &format!("{id}@10")),
+            "another cgroup"
+        );
+        assert!(!is_record_key(&docker, &format!("{id}@")));
+        assert!(!is_record_key(&docker, &id));
+        assert!(!is_record_key(
+            &pod,
+            "6f1c2d3e-1111-2222-3333-444455556666/x"
+        ));
+        assert!(!is_record_key(&pod, &record_key(&docker)));
     }
 }

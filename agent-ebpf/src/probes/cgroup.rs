@@ -2,13 +2,13 @@
 //! their paths, so user space knows a container's cgroup from the moment runc creates it
 //! (even one whose PID 1 dies within milliseconds) without walking the tree.
 
-use agent_ebpf::{CgroupMkdirEvent, CgroupRmdirEvent, EventHeader, EventKind};
+use agent_ebpf::{CgroupMkdirEvent, CgroupRmdirEvent, EventKind};
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel_str_bytes, macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
 
-use super::{conf, current_task_header, emit, probe_error, read_at, reserve, submit_now};
+use super::{conf, emit, header_about, probe_error, read_at, reserve, submit_now};
 
 /// `cgroup:cgroup_mkdir`, TP_PROTO(struct cgroup *cgrp, const char *path). The kernel
 /// builds `path` (relative to the hierarchy's root) only while the tracepoint is enabled.
@@ -49,19 +49,13 @@ fn v2_cgroup_id(cgrp: u64) -> Result<Option<u64>, i32> {
     Ok(Some(read_at(kn, conf!(offsets.kernfs_node_id))?))
 }
 
-/// A header about cgroup `cgroup_id`, naming the task that changed it (never filtered).
-#[inline(always)]
-fn header(kind: EventKind, cgroup_id: u64) -> Result<EventHeader, i32> {
-    current_task_header(kind, cgroup_id, false)?.ok_or(-1)
-}
-
 fn try_mkdir(ctx: &RawTracePointContext) -> Result<(), i32> {
     let cgrp = ctx.arg::<u64>(0);
     let path = ctx.arg::<u64>(1);
     let Some(id) = v2_cgroup_id(cgrp)? else {
         return Ok(());
     };
-    let header = header(EventKind::CgroupMkdir, id)?;
+    let header = header_about(EventKind::CgroupMkdir, id)?;
     // Filled in place: the record is too large for the BPF stack.
     let Some(mut entry) = reserve::<CgroupMkdirEvent>(EventKind::CgroupMkdir) else {
         return Ok(());
@@ -88,7 +82,7 @@ fn try_rmdir(ctx: &RawTracePointContext) -> Result<(), i32> {
     let Some(id) = v2_cgroup_id(ctx.arg::<u64>(0))? else {
         return Ok(());
     };
-    let header = header(EventKind::CgroupRmdir, id)?;
+    let header = header_about(EventKind::CgroupRmdir, id)?;
     emit(EventKind::CgroupRmdir, CgroupRmdirEvent { header });
     Ok(())
 }

@@ -106,27 +106,38 @@ pub(crate) fn is_traced(ns_level: u32, cgroup_id: u64) -> bool {
 #[inline(always)]
 pub(crate) fn current_header(kind: EventKind) -> Result<Option<EventHeader>, i32> {
     let cgroup_id = unsafe { generated::bpf_get_current_cgroup_id() };
-    current_task_header(kind, cgroup_id, true)
-}
-
-/// Header for an event of `kind` about `cgroup_id` and the current task; `None` when
-/// `filtered` and the current task is not traced.
-#[inline(always)]
-pub(crate) fn current_task_header(
-    kind: EventKind,
-    cgroup_id: u64,
-    filtered: bool,
-) -> Result<Option<EventHeader>, i32> {
     let task = unsafe { generated::bpf_get_current_task() };
     let (pid, ns_level) = pid_level(task)?;
-    if filtered && !is_traced(ns_level, cgroup_id) {
+    if !is_traced(ns_level, cgroup_id) {
         return Ok(None);
     }
+    current_task_header(kind, cgroup_id, task, pid, ns_level).map(Some)
+}
+
+/// Header for an event of `kind` about `cgroup_id` (not the current task's: a cgroup
+/// being made or removed), naming the current task that changed it; never filtered.
+#[inline(always)]
+pub(crate) fn header_about(kind: EventKind, cgroup_id: u64) -> Result<EventHeader, i32> {
+    let task = unsafe { generated::bpf_get_current_task() };
+    let (pid, ns_level) = pid_level(task)?;
+    current_task_header(kind, cgroup_id, task, pid, ns_level)
+}
+
+/// The header naming the current `task`, whose own `struct pid` and namespace depth
+/// are already read.
+#[inline(always)]
+fn current_task_header(
+    kind: EventKind,
+    cgroup_id: u64,
+    task: u64,
+    pid: u64,
+    ns_level: u32,
+) -> Result<EventHeader, i32> {
     let pid_tgid = unsafe { generated::bpf_get_current_pid_tgid() };
     let tgid = (pid_tgid >> 32) as u32;
     let ns_tgid = ns_tgid(task, pid, ns_level, pid_tgid as u32 == tgid)?;
     let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-    Ok(Some(EventHeader {
+    Ok(EventHeader {
         kind: kind as u32,
         ns_tgid,
         ktime_ns: unsafe { generated::bpf_ktime_get_boot_ns() },
@@ -134,7 +145,7 @@ pub(crate) fn current_task_header(
         tgid,
         ns_level,
         comm,
-    }))
+    })
 }
 
 /// `bpf_ringbuf_submit` flags and the `bpf_ringbuf_query` selector (uapi bpf.h).

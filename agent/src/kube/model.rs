@@ -69,8 +69,6 @@ pub struct ApiTerminated {
 pub struct ApiStopFacts {
     /// The controlling owner reference: (kind, name).
     pub controller: Option<(String, String)>,
-    /// Label `pod-template-hash` (ReplicaSet pods).
-    pub template_hash: Option<String>,
     /// Label `controller-revision-hash` (StatefulSet and DaemonSet pods).
     pub revision_hash: Option<String>,
     /// The `DisruptionTarget` condition, when true: (reason, message).
@@ -212,7 +210,6 @@ fn stop_facts(meta: &ObjectMeta, status: Option<&PodStatus>) -> ApiStopFacts {
             .flatten()
             .find(|o| o.controller == Some(true))
             .map(|o| (o.kind.clone(), o.name.clone())),
-        template_hash: label("pod-template-hash"),
         revision_hash: label("controller-revision-hash"),
         disruption: status
             .and_then(|s| s.conditions.as_ref())
@@ -350,6 +347,31 @@ fn cronjob_of(job: &str) -> Option<&str> {
     let (base, suffix) = job.rsplit_once('-')?;
     (suffix.len() >= 8 && suffix.bytes().all(|b| b.is_ascii_digit()) && !base.is_empty())
         .then_some(base)
+}
+
+/// The pod unit tests build: shop/web-1 of deployment/web at 10.1.0.7, grace 30 s,
+/// one app container `app` at run `container_id`; `deleting`: deletion requested with
+/// a 30 s grace and a deadline at 130 s (Unix time).
+#[cfg(test)]
+pub fn sample_pod(uid: &str, container_id: &str, deleting: bool) -> ApiPod {
+    ApiPod {
+        uid: uid.into(),
+        namespace: "shop".into(),
+        name: "web-1".into(),
+        workload: "deployment/web".into(),
+        ips: vec!["10.1.0.7".into()],
+        deletion_timestamp: deleting
+            .then(|| OffsetDateTime::from_unix_timestamp(130).expect("time")),
+        deletion_grace_seconds: deleting.then_some(30),
+        termination_grace_seconds: 30,
+        containers: vec![ApiContainer {
+            name: "app".into(),
+            kind: ApiContainerKind::App,
+            container_id: Some(container_id.into()),
+            ..ApiContainer::default()
+        }],
+        ..ApiPod::default()
+    }
 }
 
 #[cfg(test)]

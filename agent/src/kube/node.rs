@@ -457,12 +457,11 @@ impl NodeView {
             }
         }
         // Only ids the status still names are kept (a crash loop makes new ones).
-        let named: HashSet<String> = pod.container_ids().map(|(id, _)| id.to_string()).collect();
-        if p.terminated_seen.len() > 64 {
-            p.terminated_seen.retain(|k, _| named.contains(k));
-        }
-        if p.run_restart_counts.len() > 64 {
-            p.run_restart_counts.retain(|k, _| named.contains(k));
+        if p.terminated_seen.len() > 64 || p.run_restart_counts.len() > 64 {
+            let named: HashSet<&str> = pod.container_ids().map(|(id, _)| id).collect();
+            p.terminated_seen.retain(|k, _| named.contains(k.as_str()));
+            p.run_restart_counts
+                .retain(|k, _| named.contains(k.as_str()));
         }
         let (Some(deadline), None) = (pod.deletion_timestamp, p.deletion_ns) else {
             return PodChange::Updated(uid);
@@ -576,7 +575,6 @@ fn endpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kube::model::{ApiContainer, ApiContainerKind};
 
     const S: u64 = 1_000_000_000;
 
@@ -646,28 +644,7 @@ mod tests {
     }
 
     fn pod(deleting: bool) -> Arc<ApiPod> {
-        Arc::new(ApiPod {
-            uid: "u1".into(),
-            namespace: "shop".into(),
-            name: "web-1".into(),
-            workload: "deployment/web".into(),
-            ips: vec!["10.1.0.7".into()],
-            host_network: false,
-            deletion_timestamp: deleting
-                .then(|| OffsetDateTime::from_unix_timestamp(130).expect("time")),
-            deletion_grace_seconds: deleting.then_some(30),
-            termination_grace_seconds: 30,
-            finalizers: vec![],
-            containers: vec![ApiContainer {
-                name: "app".into(),
-                kind: ApiContainerKind::App,
-                prestop: None,
-                stop_signal: None,
-                container_id: Some("c1".into()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
+        Arc::new(crate::kube::model::sample_pod("u1", "c1", deleting))
     }
 
     /// `pod(false)` with its container's run `id` current after `count` restarts and the

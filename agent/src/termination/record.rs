@@ -33,6 +33,8 @@ pub(super) const DELETION_WAIT_NS: u64 = 3_000_000_000;
 pub(super) const API_WAIT_MAX_NS: u64 = 600_000_000_000;
 /// How many records wait at once for an unreachable API server; more complete at once.
 pub(super) const API_HELD_MAX: usize = 256;
+/// Records kept for their Events between two takes (the Events are rate-limited anyway).
+const NEW_KEPT: usize = 1024;
 
 /// What a record waiting on the API needs to know about it.
 #[derive(Clone, Copy, Debug, Default)]
@@ -279,9 +281,10 @@ impl Records {
         }
     }
 
-    /// A view under way that has something to tell (a stuck pod), for its Events.
+    /// A record to tell about (completed, or a stuck pod's view under way), for its
+    /// Events; at most [`NEW_KEPT`] wait to be taken.
     pub(super) fn announce(&mut self, t: Arc<Termination>) {
-        if self.new.len() < 1024 {
+        if self.new.len() < NEW_KEPT {
             self.new.push(t);
         }
     }
@@ -504,9 +507,7 @@ impl Records {
             _ => complete(rec, pod, metrics, clock),
         };
         let t = Arc::new(t);
-        if self.new.len() < 1024 {
-            self.new.push(t.clone());
-        }
+        self.announce(t.clone());
         self.completed.push_back(t);
         while self.completed.len() > self.cap {
             self.completed.pop_front();

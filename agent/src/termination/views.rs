@@ -68,6 +68,7 @@ pub(super) fn in_progress(
             .entry(p.pod.uid.clone())
             .or_insert_with(|| Termination::in_progress(Some(p.pod.uid.clone())));
     }
+    let seen = seen_until(view, now_ns);
     let mut out: Vec<(u64, Termination)> = views
         .into_iter()
         .map(|(key, mut v)| {
@@ -76,7 +77,6 @@ pub(super) fn in_progress(
             let uid = key.split('/').next().unwrap_or_default();
             if let Some(p) = view.get(uid) {
                 start = p.deletion_ns.or(start);
-                let seen = seen_until(view, now_ns);
                 with_pod(&mut v, p, containers, start, clock, seen, stuck_margin_ns);
             } else {
                 v.timeline.sort_by_key(|e| e.at_ns);
