@@ -294,6 +294,11 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // Already reaped (kill_hard): its pid may belong to another process by now.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = std::fs::remove_file(&self.log);
+            return;
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);

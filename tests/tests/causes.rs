@@ -507,6 +507,9 @@ fn an_eviction_is_named_from_the_disruption_condition() {
         ),
         None
     );
+    for owner in [Resource::ReplicaSets, Resource::Deployments] {
+        assert_eq!(k.api.count(owner, Verb::Get), 0, "{owner:?} read");
+    }
     let e = agent_event(&k, &p.uid, "ForcedKill");
     assert_event(&e, "evicted-1", Some("app"), "SIGKILLed by");
 }

@@ -648,7 +648,7 @@ fn agent_killed_mid_termination_and_restarted_invents_nothing() {
     def.grace_seconds = 3;
     let pod = k.node.run_pod(def).expect("pod");
     std::thread::sleep(Duration::from_millis(300));
-    let (second, restart) = std::thread::scope(|s| {
+    let (second, restart, restarted_at) = std::thread::scope(|s| {
         let deleting = s.spawn(|| k.node.delete_pod(&pod, &DeleteOptions::default()));
         // The first agent sees the deletion and the SIGTERM, then dies (an OOM kill, a
         // node-level crash) and its DaemonSet restarts it at once.
@@ -656,11 +656,12 @@ fn agent_killed_mid_termination_and_restarted_invents_nothing() {
         let _ = first.kill_hard();
         seen.expect("the first agent saw the SIGTERM");
         let started = Instant::now();
+        let restarted_at = unix_now();
         let second = k.agent();
         let restart = started.elapsed();
         eprintln!("restarted agent ready after {restart:?}");
         deleting.join().expect("thread").expect("delete");
-        (second, restart)
+        (second, restart, restarted_at)
     });
     assert!(
         restart < Duration::from_secs(10),
@@ -719,14 +720,23 @@ fn agent_killed_mid_termination_and_restarted_invents_nothing() {
     let start = m
         .value("gracewatch_agent_start_time_seconds")
         .expect("agent start time");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs_f64();
+    let now = unix_now();
     assert!(
         now - start < 60.0 && now >= start,
         "the start time shows the restart: {start} vs now {now}"
     );
+    // The second agent's own start, not the first's (whole-second resolution).
+    assert!(
+        start >= restarted_at.floor() - 1.0,
+        "start time {start} is from before the restart at {restarted_at}"
+    );
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
 }
 
 #[test]
