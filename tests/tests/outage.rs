@@ -308,3 +308,86 @@ fn api_server_gone_for_minutes_keeps_kernel_facts_and_joins_them_after_the_relis
         "RSS {rss_before} → {rss_after}"
     );
 }
+
+/// A blip: the API server stops for a few seconds and comes back with its history, and
+/// nothing about the node's pods changes meanwhile, so the watch resumes where it was and
+/// stays silent. During the blip a pod's PID 1 gets SIGTERM from a host process (not
+/// kubelet, which writes nothing: no deletion, no status) and exits. Its record (a run's,
+/// since no deletion is known) needs the API's word on why the run ended, so after the
+/// usual 10 s for the status it waits for the API server; once the server is back it must
+/// get that word and complete, not wait its longest (10 min) and then claim the API
+/// server was still unreachable.
+#[test]
+fn after_a_quiet_blip_the_records_waiting_for_the_api_complete() {
+    const BLIP: Duration = Duration::from_secs(16);
+    let k = Cluster::new(NODE);
+    let agent = k.agent();
+    let pod = k
+        .node
+        .run_pod(def(
+            "quiet-1",
+            "quiet",
+            "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+        ))
+        .expect("pod");
+    let pid1 = pod.container("app").expect("app").pid();
+    std::thread::sleep(Duration::from_millis(1000));
+
+    k.api.stop().expect("stop");
+    let down_at = Instant::now();
+    // Let the watch notice first: a record is held only while the watch is known down.
+    std::thread::sleep(Duration::from_secs(2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid1 as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM to PID 1");
+    // The run's record waits 10 s for a status, then for the API server.
+    let deadline = Instant::now() + Duration::from_secs(13);
+    let waiting = loop {
+        let w = agent
+            .metrics()
+            .expect("metrics")
+            .value("gracewatch_terminations_waiting_for_api");
+        if w == Some(1.0) || Instant::now() > deadline {
+            break w;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        waiting,
+        Some(1.0),
+        "{:#?}\n{}",
+        agent.terminations_of_pod("shop", "quiet-1"),
+        agent.log_text()
+    );
+    std::thread::sleep(BLIP.saturating_sub(down_at.elapsed()));
+    let lists_before = k.api.count(Resource::Pods, Verb::List);
+
+    k.api.restart().expect("restart");
+    let back_at = Instant::now();
+    // The watch's pause under way (≤ 16 s after this blip), 10 s of silence, a relist.
+    let t = agent
+        .wait_pod_completed("shop", "quiet-1", Duration::from_secs(45))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log_text()));
+    eprintln!("quiet-1 completed {:?} after the return", back_at.elapsed());
+    assert!(
+        k.api.count(Resource::Pods, Verb::List) > lists_before,
+        "the silent watch was relisted"
+    );
+    assert_eq!(t["uid"], Value::from(pod.uid.clone()), "{t:#}");
+    assert_eq!(t["containers"][0]["outcome"], "graceful", "{t:#}");
+    assert_eq!(count(&t, "sigterm"), 1, "{:?}", whats(&t));
+    assert_eq!(
+        count(&t, "api_unreachable"),
+        0,
+        "the API server was back when it completed: {t:#}"
+    );
+    assert_eq!(
+        agent
+            .metrics()
+            .expect("metrics")
+            .value("gracewatch_terminations_waiting_for_api"),
+        Some(0.0)
+    );
+}

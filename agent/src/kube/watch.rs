@@ -34,6 +34,12 @@ pub const KUBELET_REASONS: [&str; 6] = [
 ];
 /// How long a deleted pod's Events are still watched (late events).
 const EVENTS_LINGER: Duration = Duration::from_secs(30);
+/// How long the pods watch may stay silent after a failure before it is started afresh
+/// with a list. A watch that resumed where it was says nothing until a pod changes, so on
+/// a quiet node nothing would tell that the API server is back, and the records that
+/// wait for its word would wait their longest and then claim it was still unreachable.
+/// A list either ends (`InitDone`: back) or fails (still down) within a few seconds.
+const QUIET_WHILE_DOWN: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EndpointState {
@@ -282,16 +288,40 @@ async fn pods(watch: Watch, node: String, known: Arc<RwLock<HashSet<String>>>) {
     let api: Api<Pod> = Api::all(client.clone());
     let mut explained: HashSet<String> = HashSet::new();
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    let mut stream = watcher(api, cfg).boxed();
+    let mut stream = watcher(api.clone(), cfg.clone()).boxed();
     let mut retry = Retry::new("pods", policy);
     let mut listing: Option<HashSet<String>> = None;
     let mut events: HashMap<String, JoinHandle<()>> = HashMap::new();
     // The watch failed and has not worked since: a relist's end or a change says it does.
     let mut down = false;
-    while let Some(item) = stream.next().await {
+    // Logged once per failure (an unreachable server can keep the watch silent a while).
+    let mut quiet_relisted = false;
+    loop {
+        let next = if down {
+            match tokio::time::timeout(QUIET_WHILE_DOWN, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    if !quiet_relisted {
+                        tracing::info!(
+                            resource = "pods",
+                            "no word from the watch since it failed: relisting to learn whether the API server is back"
+                        );
+                    }
+                    quiet_relisted = true;
+                    stream = watcher(api.clone(), cfg.clone()).boxed();
+                    listing = None;
+                    continue;
+                }
+            }
+        } else {
+            stream.next().await
+        };
+        let Some(item) = next else { break };
         retry.saw(&item);
         let at_ns = boot_now_ns();
-        if let Some(up) = watch_state_change(&mut down, &item) {
+        let change = watch_state_change(&mut down, &item);
+        quiet_relisted &= down;
+        if let Some(up) = change {
             if tx.send(KubeUpdate::PodsWatch { up, at_ns }).await.is_err() {
                 break;
             }
@@ -396,7 +426,8 @@ async fn pods(watch: Watch, node: String, known: Arc<RwLock<HashSet<String>>>) {
 
 /// Whether the pods watch went down or came back with `item`, tracked in `down`: down
 /// at the first failure in a row; back at a change (a watch resumed where it was). The
-/// end of a relist (`InitDone`) brings it back too, but says so itself (`PodsListed`);
+/// end of a relist (`InitDone`; [`QUIET_WHILE_DOWN`] forces one if the resumed watch
+/// stays silent) brings it back too, but says so itself (`PodsListed`);
 /// the pods listed before it are not the sign, since the pods missing from the list are
 /// not known until its end.
 fn watch_state_change<K>(
