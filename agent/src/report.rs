@@ -16,6 +16,67 @@ pub enum State {
     Completed,
 }
 
+/// Why a pod or a container run was stopped: a bounded set, the `cause` label's values
+/// and a record's `cause`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StopCause {
+    Rollout,
+    ScaleDown,
+    Eviction,
+    Preemption,
+    Taint,
+    NodePressure,
+    LivenessProbe,
+    StartupProbe,
+    Oom,
+    Crash,
+    Completed,
+    Delete,
+    Unknown,
+}
+
+impl StopCause {
+    pub const ALL: [StopCause; 13] = [
+        StopCause::Rollout,
+        StopCause::ScaleDown,
+        StopCause::Eviction,
+        StopCause::Preemption,
+        StopCause::Taint,
+        StopCause::NodePressure,
+        StopCause::LivenessProbe,
+        StopCause::StartupProbe,
+        StopCause::Oom,
+        StopCause::Crash,
+        StopCause::Completed,
+        StopCause::Delete,
+        StopCause::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopCause::Rollout => "rollout",
+            StopCause::ScaleDown => "scale_down",
+            StopCause::Eviction => "eviction",
+            StopCause::Preemption => "preemption",
+            StopCause::Taint => "taint",
+            StopCause::NodePressure => "node_pressure",
+            StopCause::LivenessProbe => "liveness_probe",
+            StopCause::StartupProbe => "startup_probe",
+            StopCause::Oom => "oom",
+            StopCause::Crash => "crash",
+            StopCause::Completed => "completed",
+            StopCause::Delete => "delete",
+            StopCause::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for StopCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Termination {
     pub namespace: Option<String>,
@@ -28,9 +89,9 @@ pub struct Termination {
     pub containers: Vec<ContainerReport>,
     pub timeline: Vec<TimelineEntry>,
     pub diagnoses: Vec<DiagnosisEntry>,
-    /// Why it was stopped (Kubernetes mode): rollout, scale_down, eviction, preemption,
-    /// taint, node_pressure, liveness_probe, startup_probe, oom, crash, completed, delete,
-    /// unknown. The evidence is the timeline's `cause` entry.
+    /// Why it was stopped (Kubernetes mode): a [`StopCause`] (a string here, so that a
+    /// reader older than the agent still reads it). The evidence is the timeline's `cause`
+    /// entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
     /// Set on the record of one container's run that ended while its pod lived on (a

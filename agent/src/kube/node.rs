@@ -17,7 +17,10 @@ use super::{
     model::ApiPod,
     watch::{EndpointState, KubeUpdate},
 };
-use crate::{clock::Clock, report::TimelineEntry};
+use crate::{
+    clock::Clock,
+    report::{StopCause, TimelineEntry},
+};
 
 /// Grace periods beyond this (about 115 days) are treated as this, so time arithmetic
 /// cannot overflow on a hostile value.
@@ -65,7 +68,7 @@ pub struct ApiPodState {
 /// What the pod's owners said about its deletion: the cause and the evidence.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnerVerdict {
-    pub cause: &'static str,
+    pub cause: StopCause,
     pub evidence: String,
 }
 

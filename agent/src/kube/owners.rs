@@ -26,7 +26,7 @@ use super::{
     model::{to_datetime, ApiPod},
     node::OwnerVerdict,
 };
-use crate::metrics::KubeMetrics;
+use crate::{metrics::KubeMetrics, report::StopCause};
 
 /// How long an owner read is reused: a rollout deletes pods in bursts.
 const CACHE_TTL: Duration = Duration::from_secs(2);
@@ -106,7 +106,7 @@ pub fn replicaset_verdict(
     ) {
         if mine != current {
             return Some(OwnerVerdict {
-                cause: "rollout",
+                cause: StopCause::Rollout,
                 evidence: format!(
                     "ReplicaSet {} is revision {mine} of Deployment {}, which is at revision {current}: a rolling update replaced the pod",
                     rs.name, d.name
@@ -117,7 +117,7 @@ pub fn replicaset_verdict(
     let wanted = rs.replicas.unwrap_or(1);
     if wanted < rs.status_replicas || wanted == 0 {
         return Some(OwnerVerdict {
-            cause: "scale_down",
+            cause: StopCause::ScaleDown,
             evidence: format!(
                 "ReplicaSet {} wants {wanted} replicas and had {}: scaled down",
                 rs.name, rs.status_replicas
@@ -127,7 +127,7 @@ pub fn replicaset_verdict(
     let (written, deleted) = (rs.replicas_written?, deleted?);
     let ago = deleted - written;
     (ago <= SCALED_BEFORE && ago >= -SCALED_AFTER).then(|| OwnerVerdict {
-        cause: "scale_down",
+        cause: StopCause::ScaleDown,
         evidence: format!(
             "ReplicaSet {}'s replicas were set to {wanted} at {}, {}s before the deletion: scaled down",
             rs.name,
@@ -149,7 +149,7 @@ pub fn statefulset_verdict(
     if let (Some(n), Some(replicas)) = (ordinal, sts.replicas) {
         if n >= replicas {
             return Some(OwnerVerdict {
-                cause: "scale_down",
+                cause: StopCause::ScaleDown,
                 evidence: format!(
                     "StatefulSet {} wants {replicas} replicas; ordinal {n} is beyond them: scaled down",
                     sts.name
@@ -159,7 +159,7 @@ pub fn statefulset_verdict(
     }
     match (pod_revision, sts.update_revision.as_deref()) {
         (Some(mine), Some(update)) if mine != update => Some(OwnerVerdict {
-            cause: "rollout",
+            cause: StopCause::Rollout,
             evidence: format!(
                 "the pod is at revision {mine}; StatefulSet {} is updating to {update}: a rolling update replaced it",
                 sts.name
@@ -358,7 +358,7 @@ mod tests {
         ];
         for (i, (r, d, want)) in cases.into_iter().enumerate() {
             assert_eq!(
-                replicaset_verdict(&r, d, None).map(|v| v.cause),
+                replicaset_verdict(&r, d, None).map(|v| v.cause.as_str()),
                 want,
                 "case {i}"
             );
@@ -395,7 +395,7 @@ mod tests {
                 ..rs("2", 2, 2)
             };
             assert_eq!(
-                replicaset_verdict(&r, Some(&d), deleted).map(|v| v.cause),
+                replicaset_verdict(&r, Some(&d), deleted).map(|v| v.cause.as_str()),
                 want,
                 "case {i}"
             );
@@ -430,7 +430,7 @@ mod tests {
         ];
         for (i, (pod, rev, want)) in cases.into_iter().enumerate() {
             assert_eq!(
-                statefulset_verdict(&sts, pod, rev).map(|v| v.cause),
+                statefulset_verdict(&sts, pod, rev).map(|v| v.cause.as_str()),
                 want,
                 "case {i}"
             );

@@ -18,7 +18,7 @@ use prometheus_client::{
 };
 
 use super::duration_histogram;
-use crate::report::signal_name;
+use crate::report::{signal_name, StopCause};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Default)]
 struct ContainerLabels {
@@ -320,25 +320,25 @@ impl TerminationMetrics {
     }
 
     /// A pod's termination completed; `cause` and `outcome` are stable names.
-    pub fn pod_terminated(&self, who: &Workload, cause: &'static str, outcome: &'static str) {
+    pub fn pod_terminated(&self, who: &Workload, cause: StopCause, outcome: &'static str) {
         self.pod_terminations
             .get_or_create(&PodCauseLabels {
                 namespace: who.0.namespace.clone(),
                 workload: who.0.workload.clone(),
-                cause,
+                cause: cause.as_str(),
                 outcome,
             })
             .inc();
     }
 
     /// A run of `container` ended while its pod lived on.
-    pub fn container_restarted(&self, who: &Workload, container: &str, cause: &'static str) {
+    pub fn container_restarted(&self, who: &Workload, container: &str, cause: StopCause) {
         self.container_restarts
             .get_or_create(&RestartLabels {
                 namespace: who.0.namespace.clone(),
                 workload: who.0.workload.clone(),
                 container: container.to_string(),
-                cause,
+                cause: cause.as_str(),
             })
             .inc();
     }

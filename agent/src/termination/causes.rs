@@ -7,7 +7,10 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::classify::{Code, Diagnosis, Outcome};
-use crate::{kube::ApiPodState, report::TimelineEntry};
+use crate::{
+    kube::ApiPodState,
+    report::{StopCause, TimelineEntry},
+};
 
 /// A container restarted this often within [`CRASH_LOOP_WINDOW_NS`] is crash-looping.
 pub const CRASH_LOOP_RESTARTS: usize = 3;
@@ -17,41 +20,24 @@ const HISTORY_PER_CONTAINER: usize = 8;
 /// Containers whose restarts are remembered.
 const HISTORY_CONTAINERS: usize = 4096;
 
-/// The causes, a bounded set (metric label values).
-pub const CAUSES: [&str; 13] = [
-    "rollout",
-    "scale_down",
-    "eviction",
-    "preemption",
-    "taint",
-    "node_pressure",
-    "liveness_probe",
-    "startup_probe",
-    "oom",
-    "crash",
-    "completed",
-    "delete",
-    "unknown",
-];
-
 /// A cause and the evidence for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cause {
-    pub cause: &'static str,
+    pub cause: StopCause,
     pub evidence: String,
 }
 
-fn cause(cause: &'static str, evidence: String) -> Cause {
+fn cause(cause: StopCause, evidence: String) -> Cause {
     Cause { cause, evidence }
 }
 
 /// The `DisruptionTarget` condition's reason as a cause.
-fn disruption_cause(reason: &str) -> Option<&'static str> {
+fn disruption_cause(reason: &str) -> Option<StopCause> {
     Some(match reason {
-        "EvictionByEvictionAPI" => "eviction",
-        "PreemptionByScheduler" | "PreemptionByKubeScheduler" => "preemption",
-        "DeletionByTaintManager" => "taint",
-        "TerminationByKubelet" => "node_pressure",
+        "EvictionByEvictionAPI" => StopCause::Eviction,
+        "PreemptionByScheduler" | "PreemptionByKubeScheduler" => StopCause::Preemption,
+        "DeletionByTaintManager" => StopCause::Taint,
+        "TerminationByKubelet" => StopCause::NodePressure,
         _ => return None,
     })
 }
@@ -71,7 +57,7 @@ pub fn pod_cause(pod: Option<&ApiPodState>, outcomes: &[Outcome]) -> Cause {
         if let Some((reason, message)) = &stop.status_reason {
             if reason == "Evicted" {
                 return cause(
-                    "node_pressure",
+                    StopCause::NodePressure,
                     format!("pod status reason Evicted: {message}"),
                 );
             }
@@ -85,13 +71,13 @@ pub fn pod_cause(pod: Option<&ApiPodState>, outcomes: &[Outcome]) -> Cause {
                 None => String::new(),
             };
             return cause(
-                "delete",
+                StopCause::Delete,
                 format!("the pod was deleted through the API{how}; nothing says who or why"),
             );
         }
         if p.gone_unseen.is_some() {
             return cause(
-                "delete",
+                StopCause::Delete,
                 "the pod left the API while the API server was unreachable: it was deleted, unobserved; nothing says who or why".into(),
             );
         }
@@ -106,15 +92,17 @@ fn outcome_cause(
     api_reason: Option<&str>,
 ) -> Cause {
     if outcome == Some(Outcome::OomKilled) || api_reason == Some("OOMKilled") {
-        return cause("oom", "the kernel's OOM killer ended PID 1".into());
+        return cause(StopCause::Oom, "the kernel's OOM killer ended PID 1".into());
     }
     match (outcome, exit_code) {
-        (Some(Outcome::Crashed), _) => cause("crash", "PID 1 died of a signal".into()),
-        (Some(Outcome::SelfExit), Some(0)) => cause("completed", "PID 1 exited with code 0".into()),
-        (Some(Outcome::SelfExit), Some(code)) => {
-            cause("crash", format!("PID 1 exited with code {code}"))
+        (Some(Outcome::Crashed), _) => cause(StopCause::Crash, "PID 1 died of a signal".into()),
+        (Some(Outcome::SelfExit), Some(0)) => {
+            cause(StopCause::Completed, "PID 1 exited with code 0".into())
         }
-        _ => cause("unknown", "nothing seen says why".into()),
+        (Some(Outcome::SelfExit), Some(code)) => {
+            cause(StopCause::Crash, format!("PID 1 exited with code {code}"))
+        }
+        _ => cause(StopCause::Unknown, "nothing seen says why".into()),
     }
 }
 
@@ -122,15 +110,15 @@ fn outcome_cause(
 fn probe_kill<'a>(
     entries: &[&'a TimelineEntry],
     container: &str,
-) -> Option<(&'static str, &'a TimelineEntry)> {
+) -> Option<(StopCause, &'a TimelineEntry)> {
     entries.iter().rev().find_map(|e| {
         if e.what != "event_killing" || e.container.as_deref().is_some_and(|c| c != container) {
             return None;
         }
         if e.detail.contains("failed liveness probe") {
-            Some(("liveness_probe", *e))
+            Some((StopCause::LivenessProbe, *e))
         } else if e.detail.contains("failed startup probe") {
-            Some(("startup_probe", *e))
+            Some((StopCause::StartupProbe, *e))
         } else {
             None
         }
@@ -165,7 +153,7 @@ pub fn liveness_diagnosis(
     sigterm_to_exit_ns: Option<u64>,
 ) -> Option<Diagnosis> {
     let (kind, kill) = probe_kill(entries, container)?;
-    if kind != "liveness_probe" {
+    if kind != StopCause::LivenessProbe {
         return None;
     }
     let failures: Vec<&&TimelineEntry> = entries
@@ -337,7 +325,7 @@ mod tests {
             Outcome,
             Option<u8>,
             Option<&'a str>,
-            &'a str,
+            StopCause,
         );
         let cases: [Case; 8] = [
             (
@@ -345,21 +333,39 @@ mod tests {
                 Outcome::Graceful,
                 Some(0),
                 None,
-                "liveness_probe",
+                StopCause::LivenessProbe,
             ),
             (
                 vec![&startup],
                 Outcome::ForcedKill,
                 None,
                 None,
-                "startup_probe",
+                StopCause::StartupProbe,
             ),
-            (vec![&other], Outcome::Graceful, Some(0), None, "unknown"),
-            (vec![], Outcome::OomKilled, None, None, "oom"),
-            (vec![], Outcome::ForcedKill, None, Some("OOMKilled"), "oom"),
-            (vec![], Outcome::SelfExit, Some(3), None, "crash"),
-            (vec![], Outcome::Crashed, None, None, "crash"),
-            (vec![], Outcome::SelfExit, Some(0), None, "completed"),
+            (
+                vec![&other],
+                Outcome::Graceful,
+                Some(0),
+                None,
+                StopCause::Unknown,
+            ),
+            (vec![], Outcome::OomKilled, None, None, StopCause::Oom),
+            (
+                vec![],
+                Outcome::ForcedKill,
+                None,
+                Some("OOMKilled"),
+                StopCause::Oom,
+            ),
+            (vec![], Outcome::SelfExit, Some(3), None, StopCause::Crash),
+            (vec![], Outcome::Crashed, None, None, StopCause::Crash),
+            (
+                vec![],
+                Outcome::SelfExit,
+                Some(0),
+                None,
+                StopCause::Completed,
+            ),
         ];
         for (i, (entries, outcome, code, reason, want)) in cases.into_iter().enumerate() {
             assert_eq!(
@@ -464,15 +470,17 @@ mod tests {
     }
 
     #[test]
-    fn every_cause_is_in_the_set() {
-        for c in ["eviction", "preemption", "taint", "node_pressure"] {
-            assert!(CAUSES.contains(&c));
+    fn disruption_reasons_name_their_cause() {
+        let cases = [
+            ("EvictionByEvictionAPI", Some(StopCause::Eviction)),
+            ("PreemptionByScheduler", Some(StopCause::Preemption)),
+            ("PreemptionByKubeScheduler", Some(StopCause::Preemption)),
+            ("DeletionByTaintManager", Some(StopCause::Taint)),
+            ("TerminationByKubelet", Some(StopCause::NodePressure)),
+            ("Other", None),
+        ];
+        for (reason, want) in cases {
+            assert_eq!(disruption_cause(reason), want, "{reason}");
         }
-        assert_eq!(disruption_cause("EvictionByEvictionAPI"), Some("eviction"));
-        assert_eq!(
-            disruption_cause("TerminationByKubelet"),
-            Some("node_pressure")
-        );
-        assert_eq!(disruption_cause("Other"), None);
     }
 }
