@@ -17,6 +17,8 @@ const CONTAINERS: usize = 1000;
 const BATCH: usize = 200;
 /// The series TTL the agent runs with here.
 const TTL_SECONDS: u64 = 2;
+/// Completed records the agent keeps (`--history`).
+const HISTORY: usize = 256;
 /// Ids of this test's containers start with this, so a crashed run's cgroups are found.
 const ID_PREFIX: &str = "c4a2c4a2";
 
@@ -80,11 +82,30 @@ fn remove_cgroup(dir: &Path) {
     }
 }
 
+/// Container `n`'s id, unique in its first 12 characters (the id the agent labels
+/// series by).
+fn full_id(n: usize) -> String {
+    format!("{ID_PREFIX}{n:04x}{:052x}", n * 7919)
+}
+
+fn short_id(n: usize) -> String {
+    full_id(n)[..12].to_string()
+}
+
+/// The container ids whose terminations `/metrics` counts.
+fn terminated_ids(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.lines()
+        .filter(|l| l.starts_with("gracewatch_container_terminations_total{"))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("container=\"")?;
+            Some(rest.split('"').next()?.to_string())
+        })
+}
+
 /// One container's life: its cgroup, a PID namespace whose PID 1 runs `exit 3`, the
 /// cgroup removed as a runtime would. Returns the 12-character id the agent labels it by.
 fn flash_container(parent: &Path, n: usize) -> String {
-    // Unique in its first 12 characters, the id the agent labels series by.
-    let id = format!("{ID_PREFIX}{n:04x}{:052x}", n * 7919);
+    let id = full_id(n);
     let dir = parent.join(&id);
     std::fs::create_dir(&dir).expect("container cgroup");
     let status = Command::new("sh")
@@ -108,7 +129,9 @@ fn a_thousand_short_lived_containers_keep_metrics_bounded() {
     );
     let cleanup = Cleanup::new();
     let ttl = TTL_SECONDS.to_string();
-    let agent = Agent::start_standalone(&["--series-ttl-seconds", &ttl]).expect("agent");
+    let history = HISTORY.to_string();
+    let agent = Agent::start_standalone(&["--series-ttl-seconds", &ttl, "--history", &history])
+        .expect("agent");
     let baseline = series_lines(&agent.metrics().expect("metrics").0);
     // Series one container adds (its signals, outcome, SIGTERM → exit buckets…), measured
     // on the first one.
@@ -121,24 +144,35 @@ fn a_thousand_short_lived_containers_keep_metrics_bounded() {
 
     // Batches of BATCH containers, each followed by a pause longer than the TTL plus the
     // agent's 1 s expiry tick: at no scrape may more than two batches' series be present.
+    // A scraper runs throughout (every 250 ms, well within the TTL), so it also sees each
+    // container's termination counted before its series expire.
     let ceiling = baseline + per_container * 2 * BATCH;
-    let mut peak = 0;
-    let mut peak_bytes = 0;
-    let mut made = 1;
+    let stop = std::sync::atomic::AtomicBool::new(false);
     let started = Instant::now();
-    while made < CONTAINERS {
-        for _ in 0..BATCH.min(CONTAINERS - made) {
-            flash_container(&cleanup.parent, made);
-            made += 1;
+    let (peak, peak_bytes, seen) = std::thread::scope(|s| {
+        let scraper = s.spawn(|| {
+            let (mut peak, mut peak_bytes) = (0, 0);
+            let mut seen = std::collections::HashSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let text = agent.metrics().expect("metrics").0;
+                peak = peak.max(series_lines(&text));
+                peak_bytes = peak_bytes.max(text.len());
+                seen.extend(terminated_ids(&text));
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            (peak, peak_bytes, seen)
+        });
+        let mut made = 1;
+        while made < CONTAINERS {
+            for _ in 0..BATCH.min(CONTAINERS - made) {
+                flash_container(&cleanup.parent, made);
+                made += 1;
+            }
+            std::thread::sleep(Duration::from_secs(TTL_SECONDS + 2));
         }
-        let pause_until = Instant::now() + Duration::from_secs(TTL_SECONDS + 2);
-        while Instant::now() < pause_until {
-            let text = agent.metrics().expect("metrics").0;
-            peak = peak.max(series_lines(&text));
-            peak_bytes = peak_bytes.max(text.len());
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        scraper.join().expect("scraper")
+    });
     let churn = started.elapsed();
     let (_, body) = agent.get("/debug/terminations").expect("terminations");
     let all: serde_json::Value = serde_json::from_str(&body).expect("terminations JSON");
@@ -161,7 +195,8 @@ fn a_thousand_short_lived_containers_keep_metrics_bounded() {
     eprintln!(
         "{CONTAINERS} containers in {churn:?}: {per_container} series each, baseline {baseline}, \
          peak {peak} series ({peak_bytes} bytes), ceiling {ceiling}, {end} at the end; \
-         {completed} in the history"
+         {completed} in the history, {} seen counted in /metrics",
+        seen.len()
     );
     assert!(
         peak <= ceiling,
@@ -171,9 +206,20 @@ fn a_thousand_short_lived_containers_keep_metrics_bounded() {
         end <= baseline + per_container,
         "series of ended containers expire: {end} left, baseline {baseline}"
     );
+    let missing: Vec<String> = (1..CONTAINERS)
+        .map(short_id)
+        .filter(|id| !seen.contains(id))
+        .collect();
     assert!(
-        completed > 0,
-        "the history (bounded by --history) shows recent ones"
+        missing.is_empty(),
+        "every container's end is counted: {} of {} never seen in /metrics, e.g. {:?}",
+        missing.len(),
+        CONTAINERS - 1,
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(
+        completed, HISTORY,
+        "the history (bounded by --history) holds the most recent ones"
     );
     assert_eq!(
         counted, 0.0,

@@ -717,6 +717,19 @@ fn agent_killed_mid_termination_and_restarted_invents_nothing() {
         0.0,
         "the restarted agent counts no kill without SIGTERM"
     );
+    assert_eq!(
+        m.sum(
+            "gracewatch_container_terminations_total",
+            &[
+                "namespace=\"shop\"",
+                "container=\"app\"",
+                "outcome=\"unknown\""
+            ]
+        ),
+        1.0,
+        "it counts the end it saw, as of unknown outcome: {}",
+        m.0
+    );
     let start = m
         .value("gracewatch_agent_start_time_seconds")
         .expect("agent start time");
