@@ -6,6 +6,8 @@ use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use time::OffsetDateTime;
 
+use crate::report::StopCause;
+
 /// Container name kubelet gives a pod's sandbox ("pause") container in its own records;
 /// Gracewatch uses it as the sandbox's `container` label.
 pub const SANDBOX: &str = "POD";
@@ -75,6 +77,41 @@ pub struct ApiStopFacts {
     pub disruption: Option<(String, String)>,
     /// `status.reason` and `status.message` (kubelet's node-pressure eviction: "Evicted").
     pub status_reason: Option<(String, String)>,
+}
+
+impl ApiStopFacts {
+    /// Why the pod was stopped, when its own fields say (the `DisruptionTarget` condition
+    /// with a reason this knows, or kubelet's eviction status), with the evidence. Its
+    /// owners are asked only when this says nothing.
+    pub fn own_cause(&self) -> Option<(StopCause, String)> {
+        if let Some((reason, message)) = &self.disruption {
+            if let Some(c) = disruption_cause(reason) {
+                return Some((
+                    c,
+                    format!("pod condition DisruptionTarget, reason {reason}: {message}"),
+                ));
+            }
+        }
+        match &self.status_reason {
+            Some((reason, message)) if reason == "Evicted" => Some((
+                StopCause::NodePressure,
+                format!("pod status reason Evicted: {message}"),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The `DisruptionTarget` condition's reason as a cause (others, such as PodGC's
+/// `DeletionByPodGC`, leave the cause to the owners or to the deletion).
+fn disruption_cause(reason: &str) -> Option<StopCause> {
+    Some(match reason {
+        "EvictionByEvictionAPI" => StopCause::Eviction,
+        "PreemptionByScheduler" | "PreemptionByKubeScheduler" => StopCause::Preemption,
+        "DeletionByTaintManager" => StopCause::Taint,
+        "TerminationByKubelet" => StopCause::NodePressure,
+        _ => return None,
+    })
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -378,6 +415,62 @@ pub fn sample_pod(uid: &str, container_id: &str, deleting: bool) -> ApiPod {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    #[test]
+    fn the_pods_own_word_on_why_it_stopped() {
+        let facts = |d: Option<(&str, &str)>, r: Option<(&str, &str)>| ApiStopFacts {
+            disruption: d.map(|(a, b)| (a.to_string(), b.to_string())),
+            status_reason: r.map(|(a, b)| (a.to_string(), b.to_string())),
+            ..Default::default()
+        };
+        let cases = [
+            (
+                Some(("EvictionByEvictionAPI", "m")),
+                None,
+                Some(StopCause::Eviction),
+            ),
+            (
+                Some(("PreemptionByScheduler", "m")),
+                None,
+                Some(StopCause::Preemption),
+            ),
+            (
+                Some(("PreemptionByKubeScheduler", "m")),
+                None,
+                Some(StopCause::Preemption),
+            ),
+            (
+                Some(("DeletionByTaintManager", "m")),
+                None,
+                Some(StopCause::Taint),
+            ),
+            (
+                Some(("TerminationByKubelet", "m")),
+                None,
+                Some(StopCause::NodePressure),
+            ),
+            (Some(("DeletionByPodGC", "m")), None, None),
+            (None, Some(("Evicted", "m")), Some(StopCause::NodePressure)),
+            (None, Some(("Terminated", "m")), None),
+            // The condition wins over the status reason.
+            (
+                Some(("EvictionByEvictionAPI", "m")),
+                Some(("Evicted", "m")),
+                Some(StopCause::Eviction),
+            ),
+            (None, None, None),
+        ];
+        for (i, (d, r, want)) in cases.into_iter().enumerate() {
+            assert_eq!(facts(d, r).own_cause().map(|(c, _)| c), want, "case {i}");
+        }
+        let (_, evidence) = facts(Some(("EvictionByEvictionAPI", "drain of node-a")), None)
+            .own_cause()
+            .expect("cause");
+        assert_eq!(
+            evidence,
+            "pod condition DisruptionTarget, reason EvictionByEvictionAPI: drain of node-a"
+        );
+    }
 
     fn meta(kind: &str, owner: &str, hash: Option<&str>) -> ObjectMeta {
         ObjectMeta {

@@ -68,8 +68,7 @@ pub struct StsFacts {
 /// Whether a deleted pod's owners can say why: a controller that is a ReplicaSet or a
 /// StatefulSet, and no stronger evidence on the pod itself.
 pub fn worth_asking(pod: &ApiPod) -> bool {
-    pod.stop.disruption.is_none()
-        && pod.stop.status_reason.is_none()
+    pod.stop.own_cause().is_none()
         && matches!(
             pod.stop.controller.as_ref().map(|(k, _)| k.as_str()),
             Some("ReplicaSet" | "StatefulSet")
@@ -434,6 +433,50 @@ mod tests {
                 want,
                 "case {i}"
             );
+        }
+    }
+
+    #[test]
+    fn owners_are_asked_exactly_when_the_pod_itself_does_not_say() {
+        let pair = |a: &str, b: &str| Some((a.to_string(), b.to_string()));
+        // (controller kind, DisruptionTarget reason, status reason) → ask the owners
+        let cases = [
+            ("ReplicaSet", None, None, true),
+            ("StatefulSet", None, None, true),
+            ("DaemonSet", None, None, false),
+            (
+                "ReplicaSet",
+                pair("EvictionByEvictionAPI", "drain"),
+                None,
+                false,
+            ),
+            (
+                "ReplicaSet",
+                pair("TerminationByKubelet", "memory"),
+                None,
+                false,
+            ),
+            ("ReplicaSet", None, pair("Evicted", "low on memory"), false),
+            // A reason the cause does not come from leaves the owners to say.
+            (
+                "ReplicaSet",
+                pair("DeletionByPodGC", "orphaned"),
+                None,
+                true,
+            ),
+            (
+                "ReplicaSet",
+                None,
+                pair("Terminated", "node shutdown"),
+                true,
+            ),
+        ];
+        for (i, (kind, disruption, status_reason, want)) in cases.into_iter().enumerate() {
+            let mut pod = crate::kube::model::sample_pod("u1", "c1", true);
+            pod.stop.controller = Some((kind.to_string(), "web-7d4b".to_string()));
+            pod.stop.disruption = disruption;
+            pod.stop.status_reason = status_reason;
+            assert_eq!(worth_asking(&pod), want, "case {i}");
         }
     }
 }

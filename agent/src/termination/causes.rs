@@ -31,36 +31,12 @@ fn cause(cause: StopCause, evidence: String) -> Cause {
     Cause { cause, evidence }
 }
 
-/// The `DisruptionTarget` condition's reason as a cause.
-fn disruption_cause(reason: &str) -> Option<StopCause> {
-    Some(match reason {
-        "EvictionByEvictionAPI" => StopCause::Eviction,
-        "PreemptionByScheduler" | "PreemptionByKubeScheduler" => StopCause::Preemption,
-        "DeletionByTaintManager" => StopCause::Taint,
-        "TerminationByKubelet" => StopCause::NodePressure,
-        _ => return None,
-    })
-}
-
 /// Why a pod was deleted (or, without a deletion, why its containers ended).
 pub fn pod_cause(pod: Option<&ApiPodState>, outcomes: &[Outcome]) -> Cause {
     if let Some(p) = pod {
         let stop = &p.pod.stop;
-        if let Some((reason, message)) = &stop.disruption {
-            if let Some(c) = disruption_cause(reason) {
-                return cause(
-                    c,
-                    format!("pod condition DisruptionTarget, reason {reason}: {message}"),
-                );
-            }
-        }
-        if let Some((reason, message)) = &stop.status_reason {
-            if reason == "Evicted" {
-                return cause(
-                    StopCause::NodePressure,
-                    format!("pod status reason Evicted: {message}"),
-                );
-            }
+        if let Some((c, evidence)) = stop.own_cause() {
+            return cause(c, evidence);
         }
         if let Some(v) = &p.owner_verdict {
             return cause(v.cause, v.evidence.clone());
@@ -467,20 +443,5 @@ mod tests {
             Some("20s")
         );
         assert_eq!(back_off("nothing"), None);
-    }
-
-    #[test]
-    fn disruption_reasons_name_their_cause() {
-        let cases = [
-            ("EvictionByEvictionAPI", Some(StopCause::Eviction)),
-            ("PreemptionByScheduler", Some(StopCause::Preemption)),
-            ("PreemptionByKubeScheduler", Some(StopCause::Preemption)),
-            ("DeletionByTaintManager", Some(StopCause::Taint)),
-            ("TerminationByKubelet", Some(StopCause::NodePressure)),
-            ("Other", None),
-        ];
-        for (reason, want) in cases {
-            assert_eq!(disruption_cause(reason), want, "{reason}");
-        }
     }
 }
