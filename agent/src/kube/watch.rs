@@ -484,11 +484,10 @@ async fn kubelet_events(watch: Watch, uid: String) {
                 }
                 continue;
             }
-            Ok(watcher::Event::InitDone) => {
-                let mut l = listing.take().unwrap_or_default();
-                l.sort_by_key(|e| (event_time(e), resource_version(e)));
-                l.into_iter().map(|e| (e, true)).collect()
-            }
+            Ok(watcher::Event::InitDone) => in_order(listing.take().unwrap_or_default())
+                .into_iter()
+                .map(|e| (e, true))
+                .collect(),
             Ok(watcher::Event::Apply(e)) => vec![(e, false)],
             Ok(watcher::Event::Delete(_)) => continue,
             Err(e) => {
@@ -509,6 +508,13 @@ async fn kubelet_events(watch: Watch, uid: String) {
 
 /// Events of one pod kept from a (re)list, at most.
 const MAX_LISTED_EVENTS: usize = 1024;
+
+/// A list's Events in the order they happened: by their own time, then (within its
+/// whole second) by creation, which the resourceVersion orders.
+fn in_order(mut listed: Vec<Event>) -> Vec<Event> {
+    listed.sort_by_key(|e| (event_time(e), resource_version(e)));
+    listed
+}
 
 /// An Event's own time: its eventTime, else its last, else its first timestamp.
 fn event_time(ev: &Event) -> Option<OffsetDateTime> {
@@ -741,14 +747,13 @@ mod tests {
     #[test]
     fn listed_events_go_in_the_order_they_happened_and_repeats_once() {
         // Same whole second: creation order decides (the probe failed, then the kill).
-        let mut listed = vec![
+        let listed = vec![
             core_event("k", "12", "Killing", "2026-12-01T10:00:05Z", 1),
             core_event("u", "11", "Unhealthy", "2026-12-01T10:00:05Z", 3),
             core_event("s", "10", "Scheduled", "2026-12-01T10:00:01Z", 1),
         ];
-        listed.sort_by_key(|e| (event_time(e), resource_version(e)));
         let mut seen = HashSet::new();
-        let updates: Vec<KubeUpdate> = listed
+        let updates: Vec<KubeUpdate> = in_order(listed)
             .into_iter()
             .filter_map(|e| kubelet_event("p1", e, true, &mut seen))
             .collect();
