@@ -278,6 +278,22 @@ fn api_server_gone_for_minutes_keeps_kernel_facts_and_joins_them_after_the_relis
         "the deletion is no restart"
     );
     assert_eq!(
+        m.sum(
+            "gracewatch_termination_duration_seconds_count",
+            &["workload=\"deployment/gone\""]
+        ),
+        0.0,
+        "no duration: the deletion it starts from was not seen"
+    );
+    assert_eq!(
+        m.sum(
+            "gracewatch_termination_duration_seconds_count",
+            &["workload=\"deployment/fresh\""]
+        ),
+        1.0,
+        "the pod deleted after the outage has its duration"
+    );
+    assert_eq!(
         series("gracewatch_container_restarts_total{namespace=\"shop\",workload=\"deployment/crashy\",container=\"app\",cause=\"crash\"}"),
         1.0,
         "{}",

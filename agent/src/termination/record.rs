@@ -575,7 +575,13 @@ pub(super) fn complete(
         .and_then(|j| j.deletion_ns)
         .or(rec.started_ns);
     let finished = rec.finished_ns.or(pod.and_then(|p| p.removed_ns));
-    let measured = rec.signalled || joined.as_ref().is_some_and(|j| j.deletion_ns.is_some());
+    // Kubernetes mode measures from the deletion, so a pod whose deletion was not seen
+    // (gone while the API server was unreachable) has no duration rather than a shorter
+    // one from its first SIGTERM; standalone mode measures from the first SIGTERM.
+    let measured = match &joined {
+        Some(j) => j.deletion_ns.is_some(),
+        None => rec.signalled,
+    };
     let cause = pod.map(|p| causes::pod_cause(Some(p), &rec.outcomes));
     if let Some(c) = &cause {
         metrics.pod_terminated(&rec.workload, c.cause, worst(&rec.outcomes).as_str());
