@@ -52,6 +52,11 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
+/// Nanoseconds as seconds, for metrics and reports.
+pub fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
 /// Current CLOCK_BOOTTIME in nanoseconds (the probes' clock).
 pub fn boot_now_ns() -> u64 {
     read_ns(ClockId::CLOCK_BOOTTIME) as u64

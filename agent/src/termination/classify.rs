@@ -3,7 +3,10 @@
 
 use serde::Serialize;
 
-use crate::{kernel::ExitStatus, report::signal_name};
+use crate::{
+    kernel::ExitStatus,
+    report::{plural, signal_name},
+};
 
 pub const SIGKILL: u32 = 9;
 pub const SIGTERM: u32 = 15;
@@ -252,7 +255,7 @@ pub fn diagnoses(f: &KernelFacts) -> Vec<Diagnosis> {
             code: Code::ShellDidNotForwardSigterm,
             message: format!(
                 "PID 1 is /bin/{comm} and did not forward {stop_said} to {} ({}): use exec form (`exec app`, or a JSON-array ENTRYPOINT/command) or an init such as tini that forwards signals",
-                plural(f.killed_unwarned.len(), "child process", "child processes"),
+                plural(f.killed_unwarned.len() as u64, "child process", "child processes"),
                 f.killed_unwarned.join(", ")
             ),
         });
@@ -305,14 +308,6 @@ pub fn diagnoses(f: &KernelFacts) -> Vec<Diagnosis> {
         _ => {}
     }
     out
-}
-
-fn plural(n: usize, one: &str, many: &str) -> String {
-    if n == 1 {
-        format!("1 {one}")
-    } else {
-        format!("{n} {many}")
-    }
 }
 
 #[cfg(test)]

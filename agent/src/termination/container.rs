@@ -12,7 +12,7 @@ use agent_ebpf::{handler, si_code, sig_result};
 use super::classify::{Code, Diagnosis, ExecSession, KernelFacts, SignalFact, SIGKILL, SIGTERM};
 use crate::{
     attribution::CgroupContainer,
-    clock::Clock,
+    clock::{secs, Clock},
     join::Placement,
     kernel::{decode::comm_str, ExitStatus},
     metrics::{Subject, TerminationMetrics},
@@ -570,10 +570,6 @@ fn note_recent_sessions(c: &mut ContainerTrack, at_ns: u64, lookback_ns: u64, cl
             );
         }
     }
-}
-
-fn secs(ns: u64) -> f64 {
-    ns as f64 / 1e9
 }
 
 fn exit_words(status: ExitStatus) -> String {

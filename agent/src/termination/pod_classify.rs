@@ -3,11 +3,10 @@
 //! period, and what keeps a pod in Terminating.
 
 use super::classify::{Code, Diagnosis};
-use crate::join::{JoinedPod, StuckFacts, MIN_GRACE_NS};
-
-fn secs(ns: u64) -> f64 {
-    ns as f64 / 1e9
-}
+use crate::{
+    clock::secs,
+    join::{JoinedPod, StuckFacts, MIN_GRACE_NS},
+};
 
 pub fn pod_diagnoses(f: &JoinedPod) -> Vec<(Option<String>, Diagnosis)> {
     let mut out = Vec::new();

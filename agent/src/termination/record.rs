@@ -18,7 +18,7 @@ use super::{
     runs::{cause_entry, run_completion, Run, Runs},
 };
 use crate::{
-    clock::Clock,
+    clock::{secs, Clock},
     join::{self, JoinedMember, JoinedPod},
     kube::ApiPodState,
     metrics::{ContainerEnd, PodEnd, TerminationMetrics, Workload},
@@ -92,10 +92,6 @@ fn worst(outcomes: &[Outcome]) -> Outcome {
         .into_iter()
         .find(|o| outcomes.contains(o))
         .unwrap_or(Outcome::Unknown)
-}
-
-fn secs(ns: u64) -> f64 {
-    ns as f64 / 1e9
 }
 
 /// What holds a record open, if anything.

@@ -3,9 +3,9 @@
 
 use super::watch::PodTraffic;
 use crate::{
-    clock::Clock,
+    clock::{secs, Clock},
     metrics::PodTrafficEnd,
-    report::{DiagnosisEntry, TimelineEntry},
+    report::{plural, DiagnosisEntry, TimelineEntry},
 };
 
 /// Codes this module may add to a record.
@@ -22,14 +22,6 @@ pub struct PodTrafficReport {
     pub diagnoses: Vec<DiagnosisEntry>,
     /// For the metrics; `None` when not measured (hostNetwork).
     pub figures: Option<PodTrafficEnd>,
-}
-
-fn secs(ns: u64) -> f64 {
-    ns as f64 / 1e9
-}
-
-fn plural(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// The report of `p`; `deletion_ns`: when the pod's deletion was seen (the preStop hook
