@@ -79,6 +79,12 @@ pub fn record_key(c: &CgroupContainer) -> String {
     }
 }
 
+/// The pod uid a record key names: all of a pod's key, the part before `/` of a container
+/// run's (see [`record_key_in`]). A key outside any pod names no pod in the API's view.
+pub fn key_pod_uid(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(uid, _)| uid)
+}
+
 /// Whether `c`'s [`record_key`] is `key`, without building it (asked for every tracked
 /// container each time a record may complete).
 pub fn is_record_key(c: &CgroupContainer, key: &str) -> bool {
@@ -386,5 +392,10 @@ mod tests {
             "6f1c2d3e-1111-2222-3333-444455556666/x"
         ));
         assert!(!is_record_key(&pod, &record_key(&docker)));
+        // Every key names its pod, a run's key too; a lone container's names none.
+        let uid = "6f1c2d3e-1111-2222-3333-444455556666";
+        assert_eq!(key_pod_uid(&record_key(&pod)), uid);
+        assert_eq!(key_pod_uid(&format!("{uid}/{id}")), uid);
+        assert_eq!(key_pod_uid(&record_key(&docker)), format!("{id}@9"));
     }
 }

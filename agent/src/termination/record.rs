@@ -544,10 +544,10 @@ impl Records {
     /// Whether an earlier run of `run`'s container (same pod, `<pod uid>/` key) is still
     /// open.
     fn earlier_run_open(&self, key: &str, run: &Run, finished_ns: Option<u64>) -> bool {
-        let pod = key.split('/').next().unwrap_or_default();
+        let pod = join::key_pod_uid(key);
         self.open.iter().any(|(k, r)| {
             k != key
-                && k.split('/').next() == Some(pod)
+                && join::key_pod_uid(k) == pod
                 && r.run.as_ref().is_some_and(|o| o.container == run.container)
                 && r.finished_ns < finished_ns
         })

@@ -358,8 +358,7 @@ impl Tracker {
         if let Some(t) = &traffic {
             self.records.set_traffic(key, t);
         }
-        // A container run's record is keyed `<pod uid>/<container id>`.
-        let uid = key.split('/').next().unwrap_or_default();
+        let uid = join::key_pod_uid(key);
         if self.records.try_complete(
             key,
             others_pending,

@@ -73,9 +73,7 @@ pub(super) fn in_progress(
         .into_iter()
         .map(|(key, mut v)| {
             let mut start = records.open_started(&key);
-            // A container run's record is keyed `<pod uid>/<container id>`.
-            let uid = key.split('/').next().unwrap_or_default();
-            if let Some(p) = view.get(uid) {
+            if let Some(p) = view.get(join::key_pod_uid(&key)) {
                 start = p.deletion_ns.or(start);
                 with_pod(&mut v, p, containers, start, clock, seen, stuck_margin_ns);
             } else {
