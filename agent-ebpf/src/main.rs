@@ -1,8 +1,10 @@
 //! Gracewatch's kernel programs, built for `bpfel-unknown-none` by `agent/build.rs`.
 //!
-//! Every program is a raw tracepoint: raw tracepoints attach without tracefs and hand
-//! the program the tracepoint's C arguments (`TP_PROTO`), among them the target
-//! `task_struct *`, from which the target's cgroup and PID-namespace identity are read.
+//! Every program attaches to a tracepoint without tracefs and gets the tracepoint's C
+//! arguments (`TP_PROTO`), among them the target `task_struct *`, from which the target's
+//! cgroup and PID-namespace identity are read. The signal, exit and exec programs are BTF
+//! tracepoints (`tp_btf`), which read those fields with plain loads; the cgroup and
+//! traffic programs are raw tracepoints, which read through `bpf_probe_read_kernel`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 

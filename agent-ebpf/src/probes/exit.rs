@@ -1,9 +1,9 @@
 //! Process exit probe: one record per thread group, with the exit code.
 
 use agent_ebpf::{EventKind, ExitEvent, FLAG_EXIT_GROUP_DEAD_ARG};
-use aya_ebpf::{helpers::generated, macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
-use super::{conf, current_header, emit, emit_now, probe_error, read_at};
+use super::{conf, emit, emit_now, probe_error, task_header, Kptr};
 
 /// `sched:sched_process_exit`, TP_PROTO(struct task_struct *p[, bool group_dead]);
 /// `current` is `p`. The exit code is not a tracepoint field: it is `p->exit_code`, set by
@@ -11,8 +11,8 @@ use super::{conf, current_header, emit, emit_now, probe_error, read_at};
 /// `group_dead` argument where the kernel passes it (user space finds out from BTF), so
 /// a thread's exit costs no read; older kernels' is read from `p->signal->live` (already
 /// decremented).
-#[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
     match try_exit(&ctx) {
         Ok(()) => 0,
         Err(e) => {
@@ -22,25 +22,26 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     }
 }
 
-fn try_exit(ctx: &RawTracePointContext) -> Result<(), i32> {
-    let task = unsafe { generated::bpf_get_current_task() };
+fn try_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    let task = Kptr::new(ctx.arg(0))?;
+    // The flag is a constant to the verifier: on a kernel without the argument, the branch
+    // that reads it is never verified.
     let group_dead = if conf!(flags) & FLAG_EXIT_GROUP_DEAD_ARG != 0 {
         ctx.arg::<u64>(1) as u8 != 0
     } else {
-        let signal: u64 = read_at(task, conf!(offsets.task_signal))?;
-        let live: i32 = read_at(signal, conf!(offsets.signal_live))?;
-        live == 0
+        let signal = task.ptr(conf!(offsets.task_signal))?;
+        signal.get::<i32>(conf!(offsets.signal_live)) == 0
     };
     if !group_dead {
         return Ok(());
     }
-    let Some(header) = current_header(EventKind::Exit)? else {
+    let Some(header) = task_header(EventKind::Exit, task)? else {
         return Ok(());
     };
     let pid1 = header.ns_tgid == 1;
     let record = ExitEvent {
         header,
-        exit_code: read_at(task, conf!(offsets.task_exit_code))?,
+        exit_code: task.get(conf!(offsets.task_exit_code)),
         _pad: 0,
     };
     if pid1 {

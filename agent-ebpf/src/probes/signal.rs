@@ -1,19 +1,18 @@
 //! Signal probes: who sent what to a container process, and what the process did with it.
 
-use agent_ebpf::{
-    si_code, EventHeader, EventKind, SignalDeliverEvent, SignalGenerateEvent, COMM_LEN,
-};
-use aya_ebpf::{helpers::generated, macros::raw_tracepoint, programs::RawTracePointContext};
+use agent_ebpf::{si_code, EventKind, SignalDeliverEvent, SignalGenerateEvent};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use super::{
-    conf, current_header, emit, is_traced, ns_tgid, pid_level, probe_error, read_at, task_cgroup_id,
+    conf, current_task, emit, probe_error, read_at, task_cgroup_id, task_comm, task_header,
+    task_tgid, Kptr,
 };
 
 /// `signal:signal_generate`, TP_PROTO(int sig, struct kernel_siginfo *info,
 /// struct task_struct *task, int group, int result). `current` is the sender; the target
 /// is `task`, whose pid, comm, namespace identity and cgroup are read from it.
-#[raw_tracepoint(tracepoint = "signal_generate")]
-pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "signal_generate")]
+pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
     match try_signal_generate(&ctx) {
         Ok(()) => 0,
         Err(e) => {
@@ -23,38 +22,24 @@ pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
     }
 }
 
-fn try_signal_generate(ctx: &RawTracePointContext) -> Result<(), i32> {
+fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let sig = ctx.arg::<u64>(0) as u32;
     if sig >= 64 || conf!(signal_mask) & (1u64 << sig) == 0 {
         return Ok(());
     }
-    let info = ctx.arg::<u64>(1);
-    let task = ctx.arg::<u64>(2);
-    let (pid, ns_level) = pid_level(task)?;
-    let cgroup_id = task_cgroup_id(task)?;
-    if !is_traced(ns_level, cgroup_id) {
+    let task = Kptr::new(ctx.arg(2))?;
+    let Some(header) = task_header(EventKind::SignalGenerate, task)? else {
         return Ok(());
-    }
-    let tgid: u32 = read_at(task, conf!(offsets.task_tgid))?;
-    let thread: u32 = read_at(task, conf!(offsets.task_pid))?;
-    let ns_tgid = ns_tgid(task, pid, ns_level, thread == tgid)?;
+    };
     // SEND_SIG_NOINFO (0) and SEND_SIG_PRIV (1) are markers, not pointers; report them as
-    // the tracepoint's own format does.
-    let code = match info {
+    // the tracepoint's own format does. For that reason the verifier does not type `info`
+    // (it may not be a pointer): a real one is read by helper.
+    let code = match ctx.arg::<u64>(1) {
         0 => si_code::SI_USER,
         1 => si_code::SI_KERNEL,
         p => read_at::<i32>(p, 8)?,
     };
-    let sender = unsafe { generated::bpf_get_current_pid_tgid() };
-    let header = EventHeader {
-        kind: EventKind::SignalGenerate as u32,
-        ns_tgid,
-        ktime_ns: unsafe { generated::bpf_ktime_get_boot_ns() },
-        cgroup_id,
-        tgid,
-        ns_level,
-        comm: read_at(task, conf!(offsets.task_comm))?,
-    };
+    let sender = current_task()?;
     emit(
         EventKind::SignalGenerate,
         SignalGenerateEvent {
@@ -62,9 +47,9 @@ fn try_signal_generate(ctx: &RawTracePointContext) -> Result<(), i32> {
             sig,
             code,
             result: ctx.arg::<u64>(4) as u32,
-            sender_tgid: (sender >> 32) as u32,
-            sender_cgroup_id: unsafe { generated::bpf_get_current_cgroup_id() },
-            sender_comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            sender_tgid: task_tgid(sender),
+            sender_cgroup_id: task_cgroup_id(sender)?,
+            sender_comm: task_comm(sender),
         },
     );
     Ok(())
@@ -73,8 +58,8 @@ fn try_signal_generate(ctx: &RawTracePointContext) -> Result<(), i32> {
 /// `signal:signal_deliver`, TP_PROTO(int sig, struct kernel_siginfo *info,
 /// struct k_sigaction *ka). `current` is the receiving task; `ka->sa.sa_handler` tells
 /// whether it runs a handler, ignores the signal or takes the default action.
-#[raw_tracepoint(tracepoint = "signal_deliver")]
-pub fn signal_deliver(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "signal_deliver")]
+pub fn signal_deliver(ctx: BtfTracePointContext) -> i32 {
     match try_signal_deliver(&ctx) {
         Ok(()) => 0,
         Err(e) => {
@@ -84,22 +69,22 @@ pub fn signal_deliver(ctx: RawTracePointContext) -> i32 {
     }
 }
 
-fn try_signal_deliver(ctx: &RawTracePointContext) -> Result<(), i32> {
+fn try_signal_deliver(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let sig = ctx.arg::<u64>(0) as u32;
     if sig >= 64 || conf!(signal_mask) & (1u64 << sig) == 0 {
         return Ok(());
     }
-    let Some(header) = current_header(EventKind::SignalDeliver)? else {
+    let Some(header) = task_header(EventKind::SignalDeliver, current_task()?)? else {
         return Ok(());
     };
-    let ka = ctx.arg::<u64>(2);
+    let ka = Kptr::new(ctx.arg(2))?;
     emit(
         EventKind::SignalDeliver,
         SignalDeliverEvent {
             header,
             sig,
             _pad: 0,
-            sa_handler: read_at(ka, conf!(offsets.ksigaction_handler))?,
+            sa_handler: ka.get(conf!(offsets.ksigaction_handler)),
         },
     );
     Ok(())

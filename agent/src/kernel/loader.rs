@@ -10,7 +10,7 @@ use agent_ebpf::{
 };
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
-    programs::RawTracePoint,
+    programs::{BtfTracePoint, RawTracePoint},
     Ebpf, EbpfLoader,
 };
 
@@ -21,17 +21,27 @@ use crate::metrics::KernelMetrics;
 static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gracewatch-probes"));
 
-/// (program name in the object, raw tracepoint it attaches to)
-pub const PROGRAMS: [(&str, &str); 9] = [
-    ("signal_generate", "signal_generate"),
-    ("signal_deliver", "signal_deliver"),
-    ("sched_process_exit", "sched_process_exit"),
-    ("sched_process_exec", "sched_process_exec"),
-    ("cgroup_mkdir", "cgroup_mkdir"),
-    ("cgroup_rmdir", "cgroup_rmdir"),
-    ("inet_sock_set_state", "inet_sock_set_state"),
-    ("tcp_probe", "tcp_probe"),
-    ("tcp_send_reset", "tcp_send_reset"),
+/// How a program attaches to its tracepoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// A raw tracepoint: the arguments are plain words, kernel memory is read by helper.
+    Raw,
+    /// A BTF tracepoint (`tp_btf`): loaded against the tracepoint's type in the kernel's
+    /// BTF, so the verifier lets the program read the fields of its arguments directly.
+    Btf,
+}
+
+/// (program name in the object, tracepoint it attaches to, how)
+pub const PROGRAMS: [(&str, &str, Attach); 9] = [
+    ("signal_generate", "signal_generate", Attach::Btf),
+    ("signal_deliver", "signal_deliver", Attach::Btf),
+    ("sched_process_exit", "sched_process_exit", Attach::Btf),
+    ("sched_process_exec", "sched_process_exec", Attach::Btf),
+    ("cgroup_mkdir", "cgroup_mkdir", Attach::Raw),
+    ("cgroup_rmdir", "cgroup_rmdir", Attach::Raw),
+    ("inet_sock_set_state", "inet_sock_set_state", Attach::Raw),
+    ("tcp_probe", "tcp_probe", Attach::Raw),
+    ("tcp_send_reset", "tcp_send_reset", Attach::Raw),
 ];
 
 /// A running total per event kind, as the kernel-side counters keep them.
@@ -102,8 +112,13 @@ impl Probes {
                 hint: privilege_hint(),
                 source: Box::new(source),
             })?;
-        for (name, tracepoint) in PROGRAMS {
-            attach(&mut ebpf, name, tracepoint)?;
+        // aya's own parse of the kernel BTF, which BTF tracepoints are loaded against.
+        let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| KernelError::Btf {
+            path: btf::VMLINUX_BTF.to_string(),
+            reason: e.to_string(),
+        })?;
+        for (name, tracepoint, how) in PROGRAMS {
+            attach(&mut ebpf, name, tracepoint, how, &kernel_btf)?;
         }
         let ring =
             RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?).map_err(map_err(EVENTS_MAP))?;
@@ -278,31 +293,45 @@ fn per_kind(map: &PerCpuArray<MapData, u64>, name: &'static str) -> Result<PerKi
     Ok(out)
 }
 
-fn attach(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<(), KernelError> {
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(name)
-        .ok_or_else(|| KernelError::Missing {
-            what: "program",
-            name: name.to_string(),
-        })?
-        .try_into()
-        .map_err(|source| KernelError::Program {
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &str,
+    tracepoint: &str,
+    how: Attach,
+    kernel_btf: &aya::Btf,
+) -> Result<(), KernelError> {
+    let program = ebpf.program_mut(name).ok_or_else(|| KernelError::Missing {
+        what: "program",
+        name: name.to_string(),
+    })?;
+    let program_err = |source: aya::programs::ProgramError| {
+        let what = match how {
+            Attach::Raw => format!(
+                "raw tracepoint {tracepoint}; it needs a kernel >= 4.17 with that tracepoint"
+            ),
+            Attach::Btf => format!(
+                "BTF tracepoint {tracepoint}; it needs a kernel >= 5.5 with BTF and that \
+                 tracepoint, and the verifier's word on the program's reads"
+            ),
+        };
+        KernelError::Program {
             program: name.to_string(),
             source: Box::new(source),
-            hint: String::new(),
-        })?;
-    let program_err = |source: aya::programs::ProgramError| {
-        KernelError::Program {
-        program: name.to_string(),
-        source: Box::new(source),
-        hint: format!(
-            " (attaching raw tracepoint {tracepoint}; it needs a kernel >= 4.17 with that tracepoint){}",
-            privilege_hint()
-        ),
-    }
+            hint: format!(" (attaching {what}){}", privilege_hint()),
+        }
     };
-    program.load().map_err(program_err)?;
-    program.attach(tracepoint).map_err(program_err)?;
+    match how {
+        Attach::Raw => {
+            let program: &mut RawTracePoint = program.try_into().map_err(program_err)?;
+            program.load().map_err(program_err)?;
+            program.attach(tracepoint).map_err(program_err)?;
+        }
+        Attach::Btf => {
+            let program: &mut BtfTracePoint = program.try_into().map_err(program_err)?;
+            program.load(tracepoint, kernel_btf).map_err(program_err)?;
+            program.attach().map_err(program_err)?;
+        }
+    }
     Ok(())
 }
 
