@@ -51,6 +51,13 @@ fn series(name: &str, id: &str, extra: &str) -> String {
     )
 }
 
+/// Waits until a [`TRAP_TERM`] container's PID 1 has set its trap.
+fn trap_set(engine: &Engine, id: &str) {
+    engine
+        .wait_ready(id, "sh", Some("ready"), READY)
+        .expect("trap set");
+}
+
 /// The first timeline entry of kind `what` (`sigterm`, `sigkill`, `stop_signal`, ...).
 fn entry<'a>(t: &'a Value, what: &str) -> &'a Value {
     t["timeline"]
@@ -131,9 +138,7 @@ fn docker_stop_of_a_pid1_that_traps_sigterm_is_graceful() {
     let id = docker
         .run(&[BUSYBOX_IMAGE, "sh", "-c", TRAP_TERM])
         .expect("docker run");
-    docker
-        .wait_ready(&id, "sh", Some("ready"), READY)
-        .expect("trap set");
+    trap_set(&docker, &id);
     let stop = docker.stop(&id, GRACE).expect("docker stop");
     assert_eq!(docker.wait_exited(&id, WAIT).expect("exit code"), 0);
 
@@ -744,9 +749,7 @@ fn podman_stop_of_a_pid1_that_traps_sigterm_is_graceful() {
     let id = podman
         .run(&[BUSYBOX_IMAGE, "sh", "-c", TRAP_TERM])
         .expect("podman run");
-    podman
-        .wait_ready(&id, "sh", Some("ready"), READY)
-        .expect("trap set");
+    trap_set(&podman, &id);
     let stop = podman.stop(&id, GRACE).expect("podman stop");
     assert_eq!(podman.wait_exited(&id, WAIT).expect("exit code"), 0);
 
@@ -772,6 +775,45 @@ fn podman_stop_of_a_pid1_that_traps_sigterm_is_graceful() {
             ",outcome=\"graceful\""
         )),
         Some(1.0)
+    );
+}
+
+/// `podman exec <id> kill 1` (as `kubectl exec … kill 1` restarts a container): the
+/// SIGTERM comes from inside the container's cgroup, from a process that entered from
+/// outside. It is the container's stop, told as such.
+#[test]
+fn sigterm_to_pid1_from_an_exec_session_is_the_containers_stop() {
+    require_root();
+    let agent = Agent::start_standalone(&[]).expect("agent");
+    let podman = Engine::podman().expect("podman engine");
+    let id = podman
+        .run(&[BUSYBOX_IMAGE, "sh", "-c", TRAP_TERM])
+        .expect("podman run");
+    trap_set(&podman, &id);
+    podman
+        .run_cli(&["exec", &id, "kill", "1"])
+        .expect("podman exec kill 1");
+    assert_eq!(podman.wait_exited(&id, WAIT).expect("exit code"), 0);
+
+    let t = agent.wait_completed(&id, WAIT).expect("termination");
+    let c = &t["containers"][0];
+    assert_eq!(c["outcome"], "graceful", "{t:#}");
+    assert_eq!(c["exit_code"], 0, "{t:#}");
+    let drain = c["sigterm_to_exit_seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("SIGTERM → exit measured: {t:#}"));
+    assert!((0.0..1.0).contains(&drain), "{drain}");
+    assert!(codes(&t).is_empty(), "{t:#}");
+    let term = detail(entry(&t, "sigterm"));
+    assert!(
+        term.starts_with("SIGTERM from kill")
+            && term.contains("inside the container, in an exec session")
+            && term.ends_with("to sh (PID 1): delivered"),
+        "{term}"
+    );
+    assert!(
+        whats(&t).contains(&"exec_session_started".to_string()),
+        "{t:#}"
     );
 }
 

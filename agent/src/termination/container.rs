@@ -382,6 +382,12 @@ pub(super) fn on_signal(
         refresh_pid1_comm(c, &h.comm);
     }
     let external = s.sender_cgroup_id != c.container.cgroup_id;
+    // A process that entered from outside (`kubectl exec … kill 1`, an exec hook) sends
+    // from inside the container's cgroup, on an outsider's behalf.
+    let from_session = !external
+        && c.procs
+            .get(&s.sender_tgid)
+            .is_some_and(|p| p.session.is_some());
     let pid1_alive = c.facts.pid1_exit.is_none();
     // The kernel kills the rest of a PID namespace from its init once that has exited
     // (its exit event comes first): teardown, not a kill.
@@ -393,9 +399,12 @@ pub(super) fn on_signal(
     let kernel_kill = s.sig == SIGKILL && s.code == si_code::SI_KERNEL && !teardown;
     // SIGTERM, or the stop signal the pod spec names, asks PID 1 to stop.
     let is_stop = s.sig == SIGTERM || Some(s.sig) == c.spec_stop_signal;
+    // Anyone but PID 1 itself asks it to stop: the runtime, an exec session, a watchdog
+    // process of the container's own.
+    let asks_stop = is_stop && to_pid1 && (external || !c.is_pid1(s.sender_tgid));
     let warned = c.facts.stop_signal.is_some() || c.facts.stop_candidate.is_some();
     match s.sig {
-        _ if is_stop && to_pid1 && external && c.facts.stop_signal.is_none() => {
+        _ if asks_stop && c.facts.stop_signal.is_none() => {
             c.facts.stop_signal = Some(fact(s));
             c.facts.stop_candidate = None;
             if c.terminating_since.is_none() {
@@ -457,6 +466,8 @@ pub(super) fn on_signal(
         } else {
             let side = if external {
                 "outside the container"
+            } else if from_session {
+                "inside the container, in an exec session"
             } else {
                 "inside the container"
             };
@@ -926,6 +937,50 @@ mod tests {
                     ignored: true,
                     external_kill_ms: Some(10_010),
                     pid1_exit_ms: Some(10_011),
+                    ..Seen::default()
+                },
+            ),
+            (
+                "SIGTERM from an exec session (kubectl exec … kill 1) starts the termination",
+                vec![
+                    exec(0, P1, 1, "app"),
+                    exec_by(5, P3, 7, "kill", PARENT_OUTSIDE, true),
+                    signal(10, P1, 1, "app", 15, (P3, CG, si_code::SI_USER), DELIVERED),
+                    exit(11, P3, 7, "kill", 0),
+                    exit(60, P1, 1, "app", 0),
+                ],
+                Seen {
+                    terminating_ms: Some(10),
+                    sigterm_ms: Some(10),
+                    pid1_exit_ms: Some(60),
+                    ..Seen::default()
+                },
+            ),
+            (
+                "SIGTERM to PID 1 from a process of the container's own starts it too",
+                vec![
+                    exec(0, P1, 1, "app"),
+                    exec_by(1, P2, 2, "watchdog", P1, false),
+                    signal(10, P1, 1, "app", 15, (P2, CG, si_code::SI_USER), DELIVERED),
+                    exit(60, P1, 1, "app", 0),
+                ],
+                Seen {
+                    terminating_ms: Some(10),
+                    sigterm_ms: Some(10),
+                    pid1_exit_ms: Some(60),
+                    ..Seen::default()
+                },
+            ),
+            (
+                "PID 1 signalling itself is no request to stop",
+                vec![
+                    exec(0, P1, 1, "app"),
+                    signal(10, P1, 1, "app", 15, (P1, CG, si_code::SI_USER), DELIVERED),
+                    exit(50_000, P1, 1, "app", 0),
+                ],
+                Seen {
+                    terminating_ms: Some(50_000),
+                    pid1_exit_ms: Some(50_000),
                     ..Seen::default()
                 },
             ),
