@@ -306,6 +306,38 @@ fn fact(s: &agent_ebpf::SignalGenerateEvent) -> SignalFact {
 
 /// Processes other than PID 1 alive when PID 1 is asked to stop: those that then die of
 /// SIGKILL without a signal of their own were never warned.
+/// A stop signal PID 1 ignored and then outlived by more than the grace a runtime gives
+/// (a stray `docker kill -s TERM` to an init without a handler) was no termination: when
+/// another stop comes at `now_ns`, the termination starts over from it, so its times and
+/// diagnoses are not measured from the stray signal. The timeline keeps one entry for it.
+fn forget_outlived_stop(c: &mut ContainerTrack, now_ns: u64, clock: &Clock) {
+    let Some(stray) = c.facts.stop_signal.clone() else {
+        return;
+    };
+    if !stray.ignored || now_ns.saturating_sub(stray.at_ns) <= c.stop_window_ns {
+        return;
+    }
+    c.facts.stop_signal = None;
+    c.facts.stop_candidate = None;
+    c.facts.stop_ignored_by_pid1 = false;
+    c.terminating_since = None;
+    c.timeline.clear();
+    c.timeline_dropped = 0;
+    for p in c.procs.values_mut() {
+        p.alive_at_sigterm = false;
+        p.got_sigterm = false;
+    }
+    let detail = format!(
+        "{} from {} (host pid {}) at {} was ignored by PID 1, which ran on for {:.1}s: not a termination; this one starts it",
+        signal_name(stray.sig),
+        stray.sender_comm,
+        stray.sender_tgid,
+        clock.rfc3339(stray.at_ns),
+        now_ns.saturating_sub(stray.at_ns) as f64 / 1e9
+    );
+    c.note(now_ns, "stop_signal_outlived", detail, clock);
+}
+
 fn mark_alive_at_stop(c: &mut ContainerTrack) {
     let pid1 = c.pid1;
     for (tgid, p) in c.procs.iter_mut().filter(|(tgid, _)| Some(**tgid) != pid1) {
@@ -402,6 +434,9 @@ pub(super) fn on_signal(
     // Anyone but PID 1 itself asks it to stop: the runtime, an exec session, a watchdog
     // process of the container's own.
     let asks_stop = is_stop && to_pid1 && (external || !c.is_pid1(s.sender_tgid));
+    if asks_stop && pid1_alive {
+        forget_outlived_stop(c, h.ktime_ns, clock);
+    }
     let warned = c.facts.stop_signal.is_some() || c.facts.stop_candidate.is_some();
     match s.sig {
         _ if asks_stop && c.facts.stop_signal.is_none() => {
@@ -786,6 +821,29 @@ mod tests {
     const OOM: (u32, u64, i32) = (P2, CG, si_code::SI_KERNEL);
 
     #[test]
+    fn an_outlived_stop_leaves_one_entry_before_the_stop_that_counts() {
+        let (c, _) = feed(&[
+            exec(0, P1, 1, "app"),
+            signal(10, P1, 1, "app", 15, RUNC, IGNORED),
+            exec(20_000, P2, 2, "worker"),
+            signal(100_010, P1, 1, "app", 15, RUNC, IGNORED),
+        ]);
+        let whats: Vec<&str> = c.timeline.iter().map(|e| e.what.as_str()).collect();
+        assert_eq!(
+            whats,
+            ["stop_signal_outlived", "sigterm"],
+            "{:#?}",
+            c.timeline
+        );
+        let said = &c.timeline[0].detail;
+        assert!(
+            said.starts_with("SIGTERM from runc (host pid 7) at ")
+                && said.contains("ignored by PID 1, which ran on for 100.0s"),
+            "{said}"
+        );
+    }
+
+    #[test]
     fn container_state_rules() {
         let cases: Vec<(&str, Vec<TaskEvent>, Seen)> = vec![
             (
@@ -968,6 +1026,42 @@ mod tests {
                     terminating_ms: Some(10),
                     sigterm_ms: Some(10),
                     pid1_exit_ms: Some(60),
+                    ..Seen::default()
+                },
+            ),
+            (
+                "a SIGTERM PID 1 ignored and outlived (30 s window), then a stop: timed from the stop",
+                vec![
+                    exec(0, P1, 1, "app"),
+                    signal(10, P1, 1, "app", 15, RUNC, IGNORED),
+                    signal(100_000, P1, 1, "app", 15, RUNC, IGNORED),
+                    signal(110_000, P1, 1, "app", 9, RUNC, DELIVERED),
+                    exit(110_001, P1, 1, "app", 9),
+                ],
+                Seen {
+                    terminating_ms: Some(100_000),
+                    sigterm_ms: Some(100_000),
+                    ignored: true,
+                    external_kill_ms: Some(110_000),
+                    pid1_exit_ms: Some(110_001),
+                    ..Seen::default()
+                },
+            ),
+            (
+                "a second SIGTERM within the window is part of the same stop",
+                vec![
+                    exec(0, P1, 1, "app"),
+                    signal(10, P1, 1, "app", 15, RUNC, IGNORED),
+                    signal(5_000, P1, 1, "app", 15, RUNC, IGNORED),
+                    signal(6_000, P1, 1, "app", 9, RUNC, DELIVERED),
+                    exit(6_001, P1, 1, "app", 9),
+                ],
+                Seen {
+                    terminating_ms: Some(10),
+                    sigterm_ms: Some(10),
+                    ignored: true,
+                    external_kill_ms: Some(6_000),
+                    pid1_exit_ms: Some(6_001),
                     ..Seen::default()
                 },
             ),
