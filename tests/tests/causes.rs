@@ -58,6 +58,16 @@ fn assert_event(e: &Value, pod: &str, container: Option<&str>, note_starts: &str
 }
 
 /// The completed record of run `n` (restartCount `n` after it) of `container`.
+/// The detail of a record's `cause` timeline entry ("<cause>: <evidence>").
+fn cause_detail(t: &Value) -> String {
+    t["timeline"]
+        .as_array()
+        .and_then(|es| es.iter().find(|e| e["what"] == "cause"))
+        .and_then(|e| e["detail"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn wait_run(agent: &Agent, pod: &str, container: &str, n: i64) -> Value {
     agent
         .wait_restart("shop", pod, container, n, WAIT)
@@ -306,6 +316,50 @@ fn an_oom_kill_restarts_the_container() {
     assert_event(&e, "oom-1", Some("app"), "the kernel's OOM killer");
 }
 
+/// `kubectl exec web-1 -- kill 1`: PID 1 handles SIGTERM and exits 0, kubelet restarts it.
+/// Neither an Event nor the status says why; the kernel saw who sent the SIGTERM, and the
+/// run's record says so.
+#[test]
+fn a_run_ended_by_kill_1_from_an_exec_names_the_sender() {
+    let k = Cluster::new(NODE);
+    let agent = k.agent();
+    let mut p = k
+        .node
+        .run_pod(pod(
+            "exec-1",
+            "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+        ))
+        .expect("pod");
+    std::thread::sleep(Duration::from_millis(500));
+    let id = p.container("app").expect("app").id().to_string();
+    let cmd = ["kill".to_string(), "1".to_string()];
+    k.node
+        .runtime()
+        .cri()
+        .expect("cri")
+        .exec_sync(&id, &cmd, Duration::from_secs(5))
+        .expect("exec kill 1");
+    k.node
+        .restart_after_exit(&mut p, "app", Duration::from_millis(200))
+        .expect("restart");
+    let t = wait_run(&agent, "exec-1", "app", 1);
+    assert_eq!(t["cause"], "unknown", "{t:#}");
+    assert_eq!(t["containers"][0]["outcome"], "graceful", "{t:#}");
+    assert!(
+        t["containers"][0]["sigterm_to_exit_seconds"]
+            .as_f64()
+            .is_some(),
+        "{t:#}"
+    );
+    let said = cause_detail(&t);
+    assert!(
+        said.starts_with("unknown: SIGTERM from kill")
+            && said.contains("in an exec session")
+            && said.ends_with("nothing from the API says why"),
+        "{said}"
+    );
+}
+
 /// A Deployment at `revision` and its ReplicaSet `<name>-7d4b9c8f6` at `rs_revision`
 /// with `replicas` wanted and `had` counted; `scaled_now`: the controller wrote the
 /// ReplicaSet's replicas just now (its managedFields entry, as the API server keeps it).
@@ -398,24 +452,14 @@ fn rolling_update_and_scale_down_are_told_apart() {
 
     let t = pod_termination(&agent, "web-old");
     assert_eq!(t["cause"], "rollout", "{t:#}");
-    let evidence = t["timeline"]
-        .as_array()
-        .and_then(|es| es.iter().find(|e| e["what"] == "cause"))
-        .and_then(|e| e["detail"].as_str())
-        .unwrap_or_default()
-        .to_string();
+    let evidence = cause_detail(&t);
     assert_eq!(
         evidence,
         "rollout: ReplicaSet web-7d4b9c8f6 is revision 1 of Deployment web, which is at revision 2: a rolling update replaced the pod"
     );
     let s = pod_termination(&agent, "api-2");
     assert_eq!(s["cause"], "scale_down", "{s:#}");
-    let evidence = s["timeline"]
-        .as_array()
-        .and_then(|es| es.iter().find(|e| e["what"] == "cause"))
-        .and_then(|e| e["detail"].as_str())
-        .unwrap_or_default()
-        .to_string();
+    let evidence = cause_detail(&s);
     assert!(
         evidence.starts_with("scale_down: ReplicaSet api-7d4b9c8f6's replicas were set to 1 at "),
         "{evidence}"

@@ -113,7 +113,28 @@ pub fn container_cause(
     if let Some((c, e)) = probe_kill(entries, container) {
         return cause(c, e.detail.clone());
     }
-    outcome_cause(Some(outcome), exit_code, api_reason)
+    let found = outcome_cause(Some(outcome), exit_code, api_reason);
+    if found.cause != StopCause::Unknown {
+        return found;
+    }
+    // Stopped by a signal that neither kubelet's Events nor the status explain (a
+    // `kubectl exec … kill 1`, a process of the container's own): the kernel names who.
+    match stop_request(entries, container) {
+        Some(e) => cause(
+            StopCause::Unknown,
+            format!("{}; nothing from the API says why", e.detail),
+        ),
+        None => found,
+    }
+}
+
+/// The signal that asked `container`'s PID 1 to stop, as the timeline tells it.
+fn stop_request<'a>(entries: &[&'a TimelineEntry], container: &str) -> Option<&'a TimelineEntry> {
+    entries.iter().copied().find(|e| {
+        matches!(e.what.as_str(), "sigterm" | "stop_signal")
+            && e.container.as_deref().is_none_or(|c| c == container)
+            && e.detail.contains("(PID 1)")
+    })
 }
 
 fn secs(ns: u64) -> String {
@@ -273,6 +294,34 @@ mod tests {
             detail: detail.into(),
             at_ns: at_s * 1_000_000_000,
         }
+    }
+
+    #[test]
+    fn a_run_stopped_by_a_signal_the_api_does_not_explain_names_its_sender() {
+        let sigterm = entry(
+            5,
+            "sigterm",
+            "app",
+            "SIGTERM from kill (host pid 77, inside the container, in an exec session) to sh (PID 1): delivered",
+        );
+        let child = entry(
+            4,
+            "sigterm",
+            "app",
+            "SIGTERM from sh (host pid 70, inside the container) to sleep (pid 9): delivered",
+        );
+        let c = container_cause(&[&child, &sigterm], "app", Outcome::Graceful, Some(0), None);
+        assert_eq!(c.cause, StopCause::Unknown);
+        assert_eq!(
+            c.evidence,
+            "SIGTERM from kill (host pid 77, inside the container, in an exec session) to sh (PID 1): delivered; nothing from the API says why"
+        );
+        // Without one, nothing is claimed.
+        let c = container_cause(&[&child], "app", Outcome::Graceful, Some(0), None);
+        assert_eq!(c.evidence, "nothing seen says why");
+        // A cause the outcome gives stands.
+        let c = container_cause(&[&sigterm], "app", Outcome::SelfExit, Some(3), None);
+        assert_eq!(c.cause, StopCause::Crash);
     }
 
     #[test]

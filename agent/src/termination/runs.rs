@@ -120,8 +120,10 @@ impl Runs {
                     .find(|t| t.container_id.as_deref() == Some(&run.container_id))
             })
             .and_then(|t| t.reason.clone());
+        // The API's entries, and the kernel's (who signalled PID 1).
+        let seen: Vec<&TimelineEntry> = entries.iter().copied().chain(&rec.timeline).collect();
         let cause = causes::container_cause(
-            &entries,
+            &seen,
             &run.container,
             run.outcome,
             run.exit_code,
