@@ -41,22 +41,6 @@ pub enum StopCause {
 }
 
 impl StopCause {
-    pub const ALL: [StopCause; 13] = [
-        StopCause::Rollout,
-        StopCause::ScaleDown,
-        StopCause::Eviction,
-        StopCause::Preemption,
-        StopCause::Taint,
-        StopCause::NodePressure,
-        StopCause::LivenessProbe,
-        StopCause::StartupProbe,
-        StopCause::Oom,
-        StopCause::Crash,
-        StopCause::Completed,
-        StopCause::Delete,
-        StopCause::Unknown,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             StopCause::Rollout => "rollout",
